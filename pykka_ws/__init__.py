@@ -1,0 +1,65 @@
+"""pykka-ws: a pykka WebSocket actor whose requests come back with an honest outcome.
+
+Every `WsDelegatedRequest` asked of a `WebSocketActor` ends in exactly one of:
+`WsDelegatedOk` (sent, or confirmed by the endpoint's reply), `EndpointRejected`,
+`NotDelivered` (provably never written: safe to retry), `Unconfirmed` (may have
+been sent, no reply by the deadline), `PayloadMismatch` or `TooManyPending`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pykka_ws._actor import WebSocketActor
+from pykka_ws._endpoint import WsEndpoint
+from pykka_ws._errors import (
+    EndpointRejected,
+    NotDelivered,
+    PayloadMismatch,
+    TooManyPending,
+    Unconfirmed,
+    WsDelegatedError,
+    WsSendRefused,
+)
+from pykka_ws._messages import (
+    WsBackoff,
+    WsConfirmMode,
+    WsConnected,
+    WsDelegatedOk,
+    WsDelegatedRequest,
+    WsDisconnected,
+    WsGetStats,
+    WsInbound,
+    WsLateResponse,
+    WsRequestMatch,
+    WsSend,
+    WsStats,
+)
+
+__all__ = [
+    "EndpointRejected",
+    "NotDelivered",
+    "PayloadMismatch",
+    "TooManyPending",
+    "Unconfirmed",
+    "WebSocketActor",
+    "WsBackoff",
+    "WsConfirmMode",
+    "WsConnected",
+    "WsDelegatedError",
+    "WsDelegatedOk",
+    "WsDelegatedRequest",
+    "WsDisconnected",
+    "WsEndpoint",
+    "WsGetStats",
+    "WsInbound",
+    "WsLateResponse",
+    "WsRequestMatch",
+    "WsSend",
+    "WsSendRefused",
+    "WsStats",
+]
+
+__version__ = "0.1.0"
+
+logging.getLogger("pykka_ws").addHandler(logging.NullHandler())

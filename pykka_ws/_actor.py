@@ -1,0 +1,936 @@
+"""The owner actor: state machine, pending requests, outcomes. No socket I/O.
+
+Threads and messages::
+
+    caller --ask(WsDelegatedRequest)--> WebSocketActor (this; never blocks on I/O)
+      owner --ask(WriteBatch, block=False)--> WsWriter (send())
+      WsWriter's reply future --callback--> owner.tell(_WriteDone)
+    websockets' receiving thread --tell(Inbound / Closed)--> owner
+    connector thread --tell(Opened / OpenFailed)--> owner
+    scheduler thread (one per process) --tell(_Expire / _Reconnect)--> owner
+
+``stop()`` is the one place the owner touches the socket: it shuts a stuck
+socket down and closes the connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any, cast
+
+import pykka
+from websockets.exceptions import InvalidURI
+from websockets.uri import parse_uri
+
+from pykka_ws._connection import (
+    Closed,
+    Connection,
+    ConnectorSlot,
+    Inbound,
+    OpenFailed,
+    Opened,
+    run_connector,
+)
+from pykka_ws._endpoint import WsEndpoint
+from pykka_ws._errors import (
+    EndpointRejected,
+    NotDelivered,
+    PayloadMismatch,
+    TooManyPending,
+    Unconfirmed,
+    WsSendRefused,
+)
+from pykka_ws._futures import CallbackFuture, Deferred, ReplyFuture
+from pykka_ws._messages import (
+    WsBackoff,
+    WsConfirmMode,
+    WsConnected,
+    WsDelegatedOk,
+    WsDelegatedRequest,
+    WsDisconnected,
+    WsGetStats,
+    WsInbound,
+    WsLateResponse,
+    WsRequestMatch,
+    WsSend,
+    WsStats,
+    check_frame,
+    check_timeout,
+)
+from pykka_ws._pending import Entry, Insert, PendingTable, RecentIds
+from pykka_ws._scheduler import SCHEDULER
+from pykka_ws._writer import CANCELLED, DONE, PENDING, STARTED, Claim, WriteBatch, WriteResult, WsWriter
+
+if TYPE_CHECKING:
+    import ssl as ssl_module
+    from collections.abc import Iterable, Mapping
+
+    from pykka_ws._messages import Frame, RequestId
+    from pykka_ws._scheduler import TimerHandle
+
+__all__ = ["WebSocketActor"]
+
+logger = logging.getLogger("pykka_ws")
+
+CONNECTING = "connecting"
+OPEN = "open"
+BACKOFF = "backoff"
+CLOSED = "closed"
+STOPPED = "stopped"
+
+_OUTCOMES = (
+    "confirmed",
+    "sent",
+    "rejected",
+    "not_delivered",
+    "unconfirmed",
+    "payload_mismatch",
+    "too_many_pending",
+)
+
+
+class _SendItem:
+    """A `WsSend` frame (or an ``on_open`` frame) in the outbound queue."""
+
+    __slots__ = ("claim", "frame", "preamble")
+
+    def __init__(self, frame: Frame, *, preamble: bool = False) -> None:
+        self.frame = frame
+        self.claim: Claim | None = None
+        self.preamble = preamble
+
+
+_Item = Entry[Deferred] | _SendItem
+
+
+class _WriteDone:
+    """The writer finished a batch (told by the writer's reply future)."""
+
+    __slots__ = ("batch", "result")
+
+    def __init__(self, batch: WriteBatch, result: WriteResult) -> None:
+        self.batch = batch
+        self.result = result
+
+
+class _Expire:
+    """Time to expire due requests (told by the scheduler)."""
+
+    __slots__ = ()
+
+
+class _Reconnect:
+    """The backoff delay after ``generation`` ended is over."""
+
+    __slots__ = ("generation",)
+
+    def __init__(self, generation: int) -> None:
+        self.generation = generation
+
+
+class WebSocketActor(pykka.ThreadingActor):
+    """A WebSocket connection as a pykka actor, with honest request outcomes.
+
+    Start it with ``WebSocketActor.start(url, ...)``; every argument below is
+    checked in the calling thread, so bad values raise there.
+
+    Messages it handles:
+
+    - `WsDelegatedRequest`: ``ask`` returns `WsDelegatedOk` or raises a
+      `WsDelegatedError` subclass; ``ask(block=False)`` gives a future that
+      does the same; ``tell`` is allowed (nobody is told the outcome).
+    - `WsSend`: a fire-and-forget frame, in one FIFO with requests.
+    - `WsGetStats`: ``ask`` returns a `WsStats` snapshot.
+
+    Args:
+        url: ``ws://`` or ``wss://`` URL.
+        endpoint: The `WsEndpoint` with the API's hooks; default: no
+            matching, every frame passed on as is.
+        inbound: An `ActorRef`, or several, told `WsInbound`, `WsConnected`,
+            `WsDisconnected` and `WsLateResponse`. A dead one is dropped.
+        max_pending_requests: Most distinct request ids in flight; beyond it
+            requests fail with `TooManyPending`.
+        default_timeout: Seconds to a request's deadline when it sets none.
+        outbound_capacity: Most frames queued for writing; beyond it a
+            `WsSend` is refused (`WsSendRefused`) and a request ends
+            `NotDelivered`.
+        max_batch: Most frames handed to the writer at once.
+        backoff: Reconnect delays (`WsBackoff`).
+        open_timeout: Seconds for TCP, TLS and WebSocket handshakes.
+        write_timeout: Seconds one ``send()`` may block on a peer that does
+            not read before the connection is failed and replaced; None for
+            no limit (not advised). This bounds the whole write, so a frame
+            too large to leave in that time on a slow link is cut too.
+        close_timeout: Seconds to wait for the closing handshake.
+        ping_interval: Seconds between keepalive pings; None disables them.
+        ping_timeout: Seconds to wait for a pong before the connection is
+            deemed dead; None waits forever.
+        max_size: Largest inbound message in bytes; a larger one fails the
+            connection (code 1009) and it is replaced. None for no limit.
+        ssl: An `ssl.SSLContext` for ``wss://``; default: the system's
+            trusted CAs, with certificate and host name checks on.
+        server_hostname: Host name to check the certificate against, when it
+            differs from the URL's.
+        additional_headers: Extra HTTP headers for the handshake (e.g. an
+            ``Authorization`` token). Their values are never logged.
+        user_agent_header: The ``User-Agent`` header; None to send none.
+        compression: ``"deflate"`` or None (websockets' parameter).
+        subprotocols: WebSocket subprotocols to offer.
+        recent_ids: How many ended request ids are remembered to recognise
+            late replies (`WsLateResponse`) for ``recent_ids_age`` seconds.
+        recent_ids_age: See ``recent_ids``.
+    """
+
+    @staticmethod
+    def _create_future() -> pykka.Future[Any]:
+        return ReplyFuture()
+
+    def __init__(  # noqa: PLR0915 - one check per documented argument
+        self,
+        url: str,
+        *,
+        endpoint: WsEndpoint | None = None,
+        inbound: pykka.ActorRef[Any] | Iterable[pykka.ActorRef[Any]] | None = None,
+        max_pending_requests: int = 1024,
+        default_timeout: float = 5.0,
+        outbound_capacity: int = 4096,
+        max_batch: int = 256,
+        backoff: WsBackoff | None = None,
+        open_timeout: float = 10.0,
+        write_timeout: float | None = 10.0,
+        close_timeout: float = 2.0,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float | None = 20.0,
+        max_size: int | None = 2**20,
+        ssl: ssl_module.SSLContext | None = None,
+        server_hostname: str | None = None,
+        additional_headers: Mapping[str, str] | None = None,
+        user_agent_header: str | None = "pykka-ws",
+        compression: str | None = "deflate",
+        subprotocols: Iterable[str] | None = None,
+        recent_ids: int = 4096,
+        recent_ids_age: float = 60.0,
+    ) -> None:
+        super().__init__()
+        if not isinstance(url, str):
+            msg = f"url must be a str, not {type(url).__name__}"
+            raise TypeError(msg)
+        try:
+            self._uri = parse_uri(url)
+        except InvalidURI as exc:
+            msg = f"url is not a valid ws:// or wss:// URL: {url!r}"
+            raise ValueError(msg) from exc
+        self._url = url
+        if endpoint is None:
+            endpoint = WsEndpoint()
+        elif not isinstance(endpoint, WsEndpoint):
+            msg = f"endpoint must be a WsEndpoint, not {type(endpoint).__name__}"
+            raise TypeError(msg)
+        self._endpoint = endpoint
+        self._inbound = _check_inbound(inbound)
+        self._max_pending = _check_count(max_pending_requests, "max_pending_requests")
+        self._default_timeout = check_timeout(default_timeout, "default_timeout")
+        self._capacity = _check_count(outbound_capacity, "outbound_capacity")
+        self._max_batch = _check_count(max_batch, "max_batch")
+        if backoff is None:
+            backoff = WsBackoff()
+        elif not isinstance(backoff, WsBackoff):
+            msg = f"backoff must be a WsBackoff, not {type(backoff).__name__}"
+            raise TypeError(msg)
+        self._backoff = backoff
+        self._open_timeout = check_timeout(open_timeout, "open_timeout")
+        self._write_timeout = _check_optional_timeout(write_timeout, "write_timeout")
+        close_timeout = check_timeout(close_timeout, "close_timeout")
+        if self._write_timeout is not None:
+            # send() on a closing connection waits up to close_timeout.
+            close_timeout = min(close_timeout, self._write_timeout)
+        if max_size is not None:
+            max_size = _check_count(max_size, "max_size")
+        if ssl is not None and not self._uri.secure:
+            msg = "ssl is only valid with a wss:// URL"
+            raise ValueError(msg)
+        if compression not in {None, "deflate"}:
+            msg = f'compression must be "deflate" or None, not {compression!r}'
+            raise ValueError(msg)
+        self._connect_kwargs: dict[str, Any] = {
+            "ping_interval": _check_optional_timeout(ping_interval, "ping_interval"),
+            "ping_timeout": _check_optional_timeout(ping_timeout, "ping_timeout"),
+            "close_timeout": close_timeout,
+            "max_size": max_size,
+            "compression": compression,
+            "additional_headers": dict(additional_headers) if additional_headers else None,
+            "user_agent_header": user_agent_header,
+            "subprotocols": list(subprotocols) if subprotocols is not None else None,
+            "proxy": None,
+        }
+        if self._uri.secure:
+            self._connect_kwargs["ssl"] = ssl
+            if server_hostname is not None:
+                self._connect_kwargs["server_hostname"] = server_hostname
+
+        self._table: PendingTable[Deferred] = PendingTable(self._max_pending)
+        self._recent = RecentIds(
+            _check_count(recent_ids, "recent_ids"), check_timeout(recent_ids_age, "recent_ids_age")
+        )
+        self._queue: deque[_Item] = deque()
+        self._queued = 0  # live items in self._queue
+        self._inflight: tuple[WriteBatch, list[_Item]] | None = None
+        self._claim_lock = threading.Lock()
+        self._writer: pykka.ActorRef[WsWriter] | None = None
+        self._rng = random.Random()  # noqa: S311 - jitter, not cryptography
+
+        self._state = CONNECTING
+        self._generation = 0
+        self._connection: Connection | None = None
+        self._old_connections: list[Connection] = []
+        self._connector: threading.Thread | None = None
+        self._slot: ConnectorSlot | None = None
+        self._attempt = 0
+        self._opened_at: float | None = None
+        self._connected_since: float | None = None
+        self._expiry_timer: TimerHandle | None = None
+        self._reconnect_timer: TimerHandle | None = None
+
+        self._reconnects = 0
+        self._frames_in = 0
+        self._frames_out = 0
+        self._bytes_in = 0
+        self._bytes_out = 0
+        self._outcomes = dict.fromkeys(_OUTCOMES, 0)
+        self._sends_refused = 0
+        self._hook_errors = 0
+        self._last_error: str | None = None
+
+        self._handlers: dict[type, Any] = {
+            WsDelegatedRequest: self._on_request,
+            Inbound: self._on_inbound,
+            _WriteDone: self._on_write_done,
+            _Expire: self._on_expire,
+            WsSend: self._on_send,
+            WsGetStats: self._on_get_stats,
+            Opened: self._on_opened,
+            OpenFailed: self._on_open_failed,
+            Closed: self._on_closed,
+            _Reconnect: self._on_reconnect,
+        }
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def on_start(self) -> None:
+        """Start the writer and the first connection attempt."""
+        SCHEDULER.acquire()
+        self._writer = WsWriter.start(self._claim_lock)
+        # The writer is internal: pykka's stop_all() must not stop it before
+        # its owner. The owner stops it.
+        pykka.ActorRegistry.unregister(self._writer)
+        self._connect()
+
+    def on_stop(self) -> None:
+        """End every request, close the connection, join every thread."""
+        self._shutdown()
+
+    def on_failure(self, *_exc_info: object) -> None:
+        """Clean up as on stop, should a handler ever fail."""
+        self._shutdown()
+
+    def on_receive(self, message: Any) -> Any:
+        """Dispatch a message to its handler."""
+        handler = self._handlers.get(type(message))
+        if handler is None:
+            for cls, candidate in self._handlers.items():
+                if isinstance(message, cls):
+                    handler = candidate
+                    break
+            else:
+                return super().on_receive(message)
+        return handler(message)
+
+    # -- requests -----------------------------------------------------------
+
+    def _on_request(self, request: WsDelegatedRequest) -> Deferred:
+        timeout = request.timeout if request.timeout is not None else self._default_timeout
+        deadline = request.created_at + timeout
+        request_id = request.request_id
+        if self._state == CLOSED:
+            self._outcomes["not_delivered"] += 1
+            return self._failed(
+                NotDelivered(
+                    f"request {request_id!r}: the actor is disconnected and will not "
+                    f"reconnect ({self._last_error})",
+                    request_id=request_id,
+                )
+            )
+        if deadline <= time.monotonic():
+            self._outcomes["not_delivered"] += 1
+            return self._failed(
+                NotDelivered(
+                    f"request {request_id!r}: its deadline passed before the actor saw it",
+                    request_id=request_id,
+                )
+            )
+        result, entry = self._table.insert_or_join(
+            request_id, request.fingerprint, request.confirm_mode, deadline, request.frame, Deferred
+        )
+        if result is Insert.INSERTED:
+            assert entry is not None  # noqa: S101 - for the type checker
+            if self._queued >= self._capacity:
+                self._table.remove(entry)
+                self._outcomes["not_delivered"] += 1
+                entry.waiter.fail(
+                    NotDelivered(
+                        f"request {request_id!r}: the outbound queue is full "
+                        f"(outbound_capacity={self._capacity})",
+                        request_id=request_id,
+                    )
+                )
+                return entry.waiter
+            self._recent.discard(request_id)
+            self._queue.append(entry)
+            self._queued += 1
+            self._schedule_expiry(deadline)
+            if self._inflight is None:
+                self._flush()
+            return entry.waiter
+        if result is Insert.JOINED:
+            assert entry is not None  # noqa: S101
+            self._schedule_expiry(entry.deadline)
+            return entry.waiter
+        if result is Insert.MISMATCH:
+            self._outcomes["payload_mismatch"] += 1
+            return self._failed(
+                PayloadMismatch(
+                    f"request {request_id!r} is in flight with another payload "
+                    "(fingerprint or confirm_mode differs)",
+                    request_id=request_id,
+                )
+            )
+        self._outcomes["too_many_pending"] += 1
+        return self._failed(
+            TooManyPending(
+                f"{self._max_pending} requests are in flight (max_pending_requests)",
+                limit=self._max_pending,
+            )
+        )
+
+    def _on_send(self, message: WsSend) -> Deferred | None:
+        if self._queued >= self._capacity:
+            self._sends_refused += 1
+            return self._failed(
+                WsSendRefused(
+                    f"the outbound queue is full (outbound_capacity={self._capacity})",
+                    capacity=self._capacity,
+                )
+            )
+        self._queue.append(_SendItem(message.frame))
+        self._queued += 1
+        if self._inflight is None:
+            self._flush()
+        return None
+
+    def _on_get_stats(self, _message: WsGetStats) -> WsStats:
+        return WsStats(
+            state=self._state,
+            connected_since=self._connected_since,
+            reconnects=self._reconnects,
+            pending=len(self._table),
+            queued=self._queued,
+            frames_in=self._frames_in,
+            frames_out=self._frames_out,
+            bytes_in=self._bytes_in,
+            bytes_out=self._bytes_out,
+            outcomes=dict(self._outcomes),
+            sends_refused=self._sends_refused,
+            hook_errors=self._hook_errors,
+            last_error=self._last_error,
+        )
+
+    @staticmethod
+    def _failed(error: BaseException) -> Deferred:
+        deferred = Deferred()
+        deferred.fail(error)
+        return deferred
+
+    # -- outcomes -----------------------------------------------------------
+
+    def _end(self, entry: Entry[Deferred], outcome: str, result: Any) -> None:
+        """Record an entry's outcome; it is already out of the table."""
+        if entry.claim is None and not entry.written:
+            self._queued -= 1  # it was still in the queue; skipped when popped
+        self._recent.add(entry.request_id)
+        self._outcomes[outcome] += 1
+        if isinstance(result, BaseException):
+            entry.waiter.fail(result)
+        else:
+            entry.waiter.resolve(result)
+
+    def _end_sent(self, entry: Entry[Deferred]) -> None:
+        self._end(entry, "sent", WsDelegatedOk(entry.request_id, confirmed=False))
+
+    def _end_not_delivered(
+        self, entry: Entry[Deferred], why: str, cause: BaseException | None = None
+    ) -> None:
+        error = NotDelivered(f"request {entry.request_id!r}: {why}", request_id=entry.request_id)
+        error.__cause__ = cause
+        self._end(entry, "not_delivered", error)
+
+    def _end_unconfirmed(self, entry: Entry[Deferred], why: str, *, written: bool) -> None:
+        error = Unconfirmed(
+            f"request {entry.request_id!r}: {why}", request_id=entry.request_id, written=written
+        )
+        self._end(entry, "unconfirmed", error)
+
+    def _classify_unfinished(self, entry: Entry[Deferred], why: str) -> None:
+        """End an entry that ran out of time (deadline, disconnect or stop).
+
+        Its claim decides: never started means `NotDelivered`, started but
+        not finished means `Unconfirmed(written=False)`, written means sent
+        (`SENT` mode) or `Unconfirmed(written=True)`.
+        """
+        written = entry.written
+        claim = entry.claim
+        if not written and claim is not None:
+            with self._claim_lock:
+                state = claim.state
+                if state == PENDING:
+                    claim.state = state = CANCELLED
+            if state == STARTED:
+                self._end_unconfirmed(entry, f"{why} while its write was under way", written=False)
+                return
+            written = state == DONE
+        if not written:
+            self._end_not_delivered(entry, f"{why} before it was written")
+        elif entry.confirm_mode is WsConfirmMode.SENT:
+            self._end_sent(entry)
+        else:
+            self._end_unconfirmed(entry, f"{why} with no reply", written=True)
+
+    def _on_expire(self, _message: _Expire) -> None:
+        self._expiry_timer = None
+        for entry in self._table.expire_due():
+            self._classify_unfinished(entry, "deadline passed")
+        self._schedule_expiry(None)
+
+    def _schedule_expiry(self, deadline: float | None) -> None:
+        """Make sure a timer fires by the earliest pending deadline."""
+        if deadline is None:
+            deadline = self._table.next_deadline()
+            if deadline is None:
+                return
+        timer = self._expiry_timer
+        if timer is not None:
+            if timer.when <= deadline:
+                return
+            timer.cancel()
+        self._expiry_timer = SCHEDULER.call_at(deadline, self.actor_ref, _Expire())
+
+    # -- inbound ------------------------------------------------------------
+
+    def _on_inbound(self, message: Inbound) -> None:
+        frame = message.frame
+        self._frames_in += 1
+        self._bytes_in += message.size
+        match = self._call_hook("match_response", frame)
+        if match is not None:
+            if not isinstance(match, WsRequestMatch):
+                self._hook_garbage("match_response", match)
+            elif self._on_match(match, frame):
+                return
+        parsed = self._call_hook("parse", frame)
+        if parsed is not None:
+            self._publish(WsInbound(frame, parsed))
+
+    def _on_match(self, match: WsRequestMatch, frame: Frame) -> bool:
+        """Complete the request a reply matches; return whether it was one."""
+        request_id = match.request_id
+        try:
+            entry = self._table.get(request_id)
+        except TypeError:  # an unhashable id from a buggy matcher
+            self._hook_garbage("match_response", match)
+            return False
+        if entry is None:
+            if request_id in self._recent:
+                self._publish(WsLateResponse(request_id, frame))
+                return True
+            return False
+        self._table.remove(entry)
+        claim = entry.claim
+        if claim is not None and not entry.written:
+            with self._claim_lock:
+                if claim.state == PENDING:
+                    claim.state = CANCELLED  # answered: never send it
+        if entry.confirm_mode is WsConfirmMode.SENT:
+            # The reply proves the write; it is never "re-confirmed".
+            self._end_sent(entry)
+            self._publish(WsLateResponse(request_id, frame))
+        elif match.ok:
+            self._end(entry, "confirmed", WsDelegatedOk(request_id, confirmed=True, response=frame))
+        else:
+            reason = match.message if isinstance(match.message, str) else repr(match.message)
+            error = EndpointRejected(
+                f"request {request_id!r} rejected by the endpoint: {reason}",
+                request_id=request_id,
+                response=frame,
+                reason=reason,
+            )
+            self._end(entry, "rejected", error)
+        return True
+
+    def _publish(self, message: object) -> None:
+        for ref in list(self._inbound):
+            try:
+                ref.tell(message)
+            except pykka.ActorDeadError:
+                logger.warning("pykka-ws: inbound subscriber %s is dead; dropping it", ref)
+                self._inbound.remove(ref)
+                self._hook_errors += 1
+
+    def _call_hook(self, name: str, *args: Any) -> Any:
+        try:
+            return getattr(self._endpoint, name)(*args)
+        except Exception:
+            self._hook_errors += 1
+            logger.exception("pykka-ws: endpoint hook %s() raised", name)
+            return getattr(WsEndpoint, name)(self._endpoint, *args)
+
+    def _hook_garbage(self, name: str, value: object) -> None:
+        self._hook_errors += 1
+        logger.error("pykka-ws: endpoint hook %s() returned %r; ignored", name, value)
+
+    # -- outbound -----------------------------------------------------------
+
+    def _flush(self) -> None:
+        """Hand the next batch to the writer, if it is idle and we are open."""
+        if self._inflight is not None or self._state != OPEN or not self._queue:
+            return
+        connection = self._connection
+        assert connection is not None  # noqa: S101
+        queue = self._queue
+        table_get = self._table.get
+        items: list[_Item] = []
+        claims: list[Claim] = []
+        generation = self._generation
+        while queue and len(items) < self._max_batch:
+            item = queue.popleft()
+            if isinstance(item, Entry):
+                if table_get(item.request_id) is not item:
+                    continue  # ended while queued; already uncounted
+                item.generation = generation
+            self._queued -= 1
+            item.claim = claim = Claim(item.frame)
+            items.append(item)
+            claims.append(claim)
+        if not items:
+            return
+        batch = WriteBatch(connection, generation, claims)
+        self._inflight = (batch, items)
+        assert self._writer is not None  # noqa: S101
+        future = cast("CallbackFuture", self._writer.ask(batch, block=False))
+        owner = self.actor_ref
+
+        def done(result: Any, error: BaseException | None) -> None:
+            if error is not None:
+                result = WriteResult(0, 0, error)
+            try:
+                owner.tell(_WriteDone(batch, result))
+            except pykka.ActorDeadError:
+                pass
+
+        future.add_done_callback(done)
+
+    def _on_write_done(self, message: _WriteDone) -> None:
+        inflight = self._inflight
+        if inflight is None or inflight[0] is not message.batch:  # pragma: no cover
+            return
+        self._inflight = None
+        batch, items = inflight
+        result = message.result
+        self._frames_out += result.frames_out
+        self._bytes_out += result.bytes_out
+        error = result.error
+        requeue: list[_Item] = []
+        table_get = self._table.get
+        for item, claim in zip(items, batch.claims, strict=True):
+            if item.claim is not claim:
+                continue  # requeued at a disconnect
+            state = claim.state
+            if isinstance(item, _SendItem):
+                if state == PENDING:
+                    self._cancel(claim)
+                    if not item.preamble:
+                        item.claim = None
+                        requeue.append(item)
+                elif state == STARTED:
+                    logger.warning("pykka-ws: a WsSend frame was lost with its connection")
+                continue
+            if table_get(item.request_id) is not item:
+                continue  # ended already (a reply, a deadline)
+            if state == DONE:
+                self._on_written(item)
+            elif state == STARTED:
+                self._table.remove(item)
+                self._end_not_delivered(item, "the write failed", error)
+            elif state == PENDING:
+                self._cancel(claim)
+                item.claim = None
+                requeue.append(item)
+        if requeue:
+            self._queue.extendleft(reversed(requeue))
+            self._queued += len(requeue)
+        if error is not None and batch.generation == self._generation and self._state == OPEN:
+            self._connection_lost(error)
+        self._flush()
+
+    def _on_written(self, entry: Entry[Deferred]) -> None:
+        entry.written = True
+        if entry.confirm_mode is WsConfirmMode.SENT:
+            self._table.remove(entry)
+            self._end_sent(entry)
+        elif entry.generation != self._generation or self._state != OPEN:
+            self._table.remove(entry)
+            self._end_unconfirmed(
+                entry, "its connection was lost before a reply could come", written=True
+            )
+
+    def _cancel(self, claim: Claim) -> int:
+        with self._claim_lock:
+            if claim.state == PENDING:
+                claim.state = CANCELLED
+            return claim.state
+
+    # -- connection ---------------------------------------------------------
+
+    def _connect(self) -> None:
+        self._generation += 1
+        self._state = CONNECTING
+        self._reap_threads()
+        self._slot = slot = ConnectorSlot()
+        self._connector = threading.Thread(
+            target=run_connector,
+            args=(self.actor_ref, self._generation, self._url, self._uri, slot),
+            kwargs={
+                "open_timeout": self._open_timeout,
+                "write_timeout": self._write_timeout,
+                "connect_kwargs": self._connect_kwargs,
+            },
+            name=f"pykka-ws-connect-{self._generation}",
+            daemon=True,
+        )
+        self._connector.start()
+
+    def _on_opened(self, message: Opened) -> None:
+        if message.generation != self._generation or self._state != CONNECTING:
+            message.connection.abort()  # pragma: no cover - cannot happen
+            return
+        self._state = OPEN
+        self._connection = message.connection
+        self._opened_at = time.monotonic()
+        self._connected_since = time.time()
+        if message.generation > 1:
+            self._reconnects += 1
+        self._publish(WsConnected(self._url, message.generation))
+        preamble = self._on_open_frames()
+        if preamble:
+            self._queue.extendleft(reversed(preamble))
+            self._queued += len(preamble)
+        self._flush()
+
+    def _on_open_frames(self) -> list[_Item]:
+        frames = self._call_hook("on_open")
+        items: list[_Item] = []
+        try:
+            for frame in frames:
+                items.append(_SendItem(check_frame(frame, "on_open() frame"), preamble=True))
+        except TypeError:
+            self._hook_garbage("on_open", frames)
+            return []
+        return items
+
+    def _on_open_failed(self, message: OpenFailed) -> None:
+        if message.generation != self._generation or self._state != CONNECTING:
+            return  # pragma: no cover
+        self._after_disconnect(message.error)
+
+    def _on_closed(self, message: Closed) -> None:
+        if message.generation != self._generation or self._state != OPEN:
+            return
+        self._connection_lost(message.cause)
+
+    def _connection_lost(self, cause: BaseException | None) -> None:
+        """The open connection is gone: requeue, end what cannot be answered."""
+        connection = self._connection
+        self._connection = None
+        if connection is not None:
+            self._old_connections.append(connection)
+        generation = self._generation
+        # Handed to the writer but not started: back to the front, in order.
+        inflight = self._inflight
+        if inflight is not None:
+            requeue: list[_Item] = []
+            for item in inflight[1]:
+                claim = item.claim
+                if claim is None or self._cancel(claim) != CANCELLED:
+                    continue
+                item.claim = None
+                if isinstance(item, _SendItem):
+                    if not item.preamble:
+                        requeue.append(item)
+                elif self._table.get(item.request_id) is item:
+                    requeue.append(item)
+            self._queue.extendleft(reversed(requeue))
+            self._queued += len(requeue)
+        # The dead connection's on_open frames: the next one sends its own.
+        if any(isinstance(item, _SendItem) and item.preamble for item in self._queue):
+            kept = [i for i in self._queue if not (isinstance(i, _SendItem) and i.preamble)]
+            self._queued -= len(self._queue) - len(kept)
+            self._queue = deque(kept)
+        # Written and waiting for a reply on this connection: none can come.
+        for entry in self._table:
+            if entry.written and entry.generation == generation:
+                self._table.remove(entry)
+                self._end_unconfirmed(entry, "its connection was lost with no reply", written=True)
+        self._after_disconnect(cause)
+
+    def _after_disconnect(self, cause: BaseException | None) -> None:
+        generation = self._generation
+        lived = time.monotonic() - self._opened_at if self._opened_at is not None else 0.0
+        self._opened_at = None
+        self._connected_since = None
+        self._last_error = _describe(cause)
+        reconnect = self._call_hook("on_disconnect", cause)
+        reconnect = bool(reconnect)
+        self._publish(WsDisconnected(cause, generation, reconnecting=reconnect))
+        if not reconnect:
+            self._state = CLOSED
+            logger.warning("pykka-ws: not reconnecting to %s: %s", self._url, self._last_error)
+            for item in self._queue:
+                if isinstance(item, Entry) and self._table.remove(item):
+                    self._end_not_delivered(item, "the actor will not reconnect")
+            self._queue.clear()
+            self._queued = 0
+            return
+        self._state = BACKOFF
+        if lived >= self._backoff.reset_after:
+            self._attempt = 0
+        delay = self._backoff.delay(self._attempt, self._rng)
+        self._attempt += 1
+        logger.info(
+            "pykka-ws: connection %d to %s lost (%s); reconnecting in %.3f s",
+            generation,
+            self._url,
+            self._last_error,
+            delay,
+        )
+        self._reconnect_timer = SCHEDULER.call_later(delay, self.actor_ref, _Reconnect(generation))
+
+    def _on_reconnect(self, message: _Reconnect) -> None:
+        self._reconnect_timer = None
+        if message.generation == self._generation and self._state == BACKOFF:
+            self._connect()
+
+    def _reap_threads(self) -> None:
+        """Forget finished threads of earlier connections."""
+        self._old_connections = [
+            c for c in self._old_connections if c.recv_events_thread.is_alive()
+        ]
+        if self._connector is not None and not self._connector.is_alive():
+            self._connector = None
+
+    # -- stop ---------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        if self._state == STOPPED:
+            return
+        self._state = STOPPED
+        for timer in (self._expiry_timer, self._reconnect_timer):
+            if timer is not None:
+                timer.cancel()
+        if self._slot is not None:
+            self._slot.cancel()
+        # Nothing more may start: cancel every claim not yet started.
+        stuck = False
+        inflight = self._inflight
+        if inflight is not None:
+            for claim in inflight[0].claims:
+                if self._cancel(claim) == STARTED:
+                    stuck = True
+        for entry in self._table.drain():
+            self._classify_unfinished(entry, "the actor stopped")
+        self._queue.clear()
+        self._queued = 0
+        connection = self._connection
+        self._connection = None
+        if connection is not None:
+            if stuck:
+                connection.abort()  # close() would wait on the stuck write's lock
+            else:
+                try:
+                    connection.close()
+                except Exception:  # noqa: BLE001
+                    connection.abort()
+            self._old_connections.append(connection)
+        if self._writer is not None:
+            try:
+                self._writer.stop()
+            except pykka.ActorDeadError:  # pragma: no cover
+                pass
+        if self._connector is not None:
+            self._connector.join()
+        for old in self._old_connections:
+            old.abort()
+            old.recv_events_thread.join()
+            if old.keepalive_thread is not None:
+                old.keepalive_thread.join()
+        self._old_connections.clear()
+        if self._slot is not None and self._slot.connection is not None:
+            self._slot.connection.abort()
+            self._slot.connection.recv_events_thread.join()
+        SCHEDULER.release()
+
+
+def _describe(cause: BaseException | None) -> str | None:
+    if cause is None:
+        return None
+    parts = []
+    seen: set[int] = set()
+    exc: BaseException | None = cause
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = str(exc)
+        parts.append(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
+        exc = exc.__cause__ or exc.__context__
+    return " <- ".join(parts)
+
+
+def _check_count(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        msg = f"{name} must be an int, not {type(value).__name__}"
+        raise TypeError(msg)
+    if value < 1:
+        msg = f"{name} must be >= 1, not {value}"
+        raise ValueError(msg)
+    return value
+
+
+def _check_optional_timeout(value: object, name: str) -> float | None:
+    return None if value is None else check_timeout(value, name)
+
+
+def _check_inbound(inbound: object) -> list[pykka.ActorRef[Any]]:
+    if inbound is None:
+        return []
+    if isinstance(inbound, pykka.ActorRef):
+        return [inbound]
+    try:
+        refs = list(inbound)  # type: ignore[call-overload]
+    except TypeError:
+        refs = [inbound]
+    for ref in refs:
+        if not isinstance(ref, pykka.ActorRef):
+            msg = f"inbound must be an ActorRef or an iterable of them, not {type(ref).__name__}"
+            raise TypeError(msg)
+    return refs
+

@@ -1,0 +1,80 @@
+"""What a `WebSocketActor` needs to know about the remote API it talks to."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from pykka_ws._messages import Frame, WsRequestMatch
+
+__all__ = ["WsEndpoint"]
+
+
+class WsEndpoint:
+    """The hooks a `WebSocketActor` calls; subclass it for your API.
+
+    Every hook has a harmless default. Hooks run on the actor's thread, so
+    they must be quick and must not block. A hook that raises (or returns the
+    wrong type) is logged with its traceback and counted in
+    `WsStats.hook_errors`; the actor keeps running and treats the hook as if
+    it had returned its default.
+    """
+
+    def on_open(self) -> Iterable[Frame]:
+        """Return the frames to send first on every (re)connection.
+
+        Authentication, then subscriptions: this is how state is recovered
+        after a reconnect. They are sent before any queued traffic.
+        """
+        return ()
+
+    def match_response(self, frame: Frame) -> WsRequestMatch | None:  # noqa: ARG002
+        """Pair an inbound frame with the request it answers.
+
+        Return a `WsRequestMatch` naming the request id and whether the
+        endpoint accepted it, or None if the frame answers no request (it is
+        then passed to `parse` and on to the inbound subscribers).
+        """
+        return None
+
+    def parse(self, frame: Frame) -> Any:
+        """Return what inbound subscribers get in `WsInbound.message`.
+
+        Return None to drop the frame. The default passes the frame as is.
+        """
+        return frame
+
+    def on_disconnect(self, cause: BaseException | None) -> bool:
+        """Decide whether to reconnect after a connection is lost or refused.
+
+        Args:
+            cause: The exception that ended the connection, or None.
+
+        Returns:
+            True to reconnect (after the backoff delay), False to stay
+            disconnected; requests then end by their deadlines. The default
+            stops on handshake refusals that retrying will not fix (HTTP 401
+            and 403, an invalid URI, a certificate failure) and reconnects
+            otherwise.
+        """
+        return not is_permanent_failure(cause)
+
+
+def is_permanent_failure(cause: BaseException | None) -> bool:
+    """Return True for a connection failure that retrying will not fix."""
+    import ssl  # noqa: PLC0415 - only needed on this cold path
+
+    from websockets.exceptions import InvalidStatus, InvalidURI  # noqa: PLC0415
+
+    seen: set[int] = set()
+    exc = cause
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, InvalidStatus) and exc.response.status_code in {401, 403}:
+            return True
+        if isinstance(exc, InvalidURI | ssl.SSLCertVerificationError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False

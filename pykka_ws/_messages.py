@@ -1,0 +1,362 @@
+"""Messages told or asked of a `WebSocketActor`, and what it replies or tells back."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from random import Random
+
+__all__ = [
+    "Frame",
+    "RequestId",
+    "WsBackoff",
+    "WsConfirmMode",
+    "WsConnected",
+    "WsDelegatedOk",
+    "WsDelegatedRequest",
+    "WsDisconnected",
+    "WsGetStats",
+    "WsInbound",
+    "WsLateResponse",
+    "WsRequestMatch",
+    "WsSend",
+    "WsStats",
+]
+
+Frame = str | bytes
+"""A text frame (`str`) or a binary frame (`bytes`)."""
+
+RequestId = int | str
+"""A request id: an `int` or a non-empty `str`."""
+
+
+def check_frame(frame: object, name: str = "frame") -> Frame:
+    """Return ``frame`` if it is a `str` or `bytes`, else raise `TypeError`."""
+    if isinstance(frame, str | bytes):
+        return frame
+    msg = f"{name} must be str (text frame) or bytes (binary frame), not {type(frame).__name__}"
+    raise TypeError(msg)
+
+
+def check_request_id(request_id: object) -> RequestId:
+    """Return ``request_id`` if it is a valid request id, else raise."""
+    if isinstance(request_id, bool) or not isinstance(request_id, int | str):
+        msg = f"request_id must be int or str, not {type(request_id).__name__}"
+        raise TypeError(msg)
+    if isinstance(request_id, str) and not request_id:
+        msg = "request_id must not be an empty string"
+        raise ValueError(msg)
+    return request_id
+
+
+def check_timeout(timeout: object, name: str = "timeout") -> float:
+    """Return ``timeout`` as a float if it is a finite number of seconds > 0."""
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        msg = f"{name} must be a number of seconds, not {type(timeout).__name__}"
+        raise TypeError(msg)
+    value = float(timeout)
+    if not math.isfinite(value) or value <= 0:
+        msg = f"{name} must be finite and > 0, not {timeout!r}"
+        raise ValueError(msg)
+    return value
+
+
+def frame_digest(frame: Frame) -> str:
+    """Return the default fingerprint of a frame: a digest of its type and bytes."""
+    if isinstance(frame, str):
+        data = b"t" + frame.encode("utf-8", "surrogatepass")
+    else:
+        data = b"b" + frame
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+class WsConfirmMode(enum.Enum):
+    """What a `WsDelegatedRequest` waits for before it succeeds."""
+
+    SENT = "sent"
+    """Succeed once the frame was written to the socket."""
+
+    CONFIRMED = "confirmed"
+    """Succeed once the endpoint's reply to the request is seen."""
+
+
+class WsDelegatedRequest:
+    """A request whose outcome the caller of ``ask`` gets back.
+
+    The deadline is counted from construction (monotonic clock), so time spent
+    queued behind other messages counts against it.
+
+    Args:
+        request_id: The id the endpoint's reply will carry (see
+            `WsEndpoint.match_response`). Requests with the same id in flight
+            at once join (one frame on the wire) if fingerprint and mode agree.
+        frame: The frame to send: `str` for a text frame, `bytes` for binary.
+        fingerprint: What identifies the payload for joining; defaults to a
+            digest of ``frame``. Give one when the frame carries volatile data
+            (timestamps, nonces) that does not change what is asked.
+        confirm_mode: `WsConfirmMode.CONFIRMED` (default) waits for the reply;
+            `WsConfirmMode.SENT` succeeds once the frame is written.
+        timeout: Seconds from construction to the deadline, finite and > 0;
+            None takes the actor's ``default_timeout``.
+
+    Raises:
+        TypeError: If a value has the wrong type.
+        ValueError: If a value is out of range.
+    """
+
+    # Requests are created at request rate; slots make that cheaper.
+    __slots__ = ("confirm_mode", "created_at", "fingerprint", "frame", "request_id", "timeout")
+
+    def __init__(
+        self,
+        request_id: RequestId,
+        frame: Frame,
+        *,
+        fingerprint: str | bytes | int | None = None,
+        confirm_mode: WsConfirmMode = WsConfirmMode.CONFIRMED,
+        timeout: float | None = None,
+    ) -> None:
+        self.created_at: float = time.monotonic()
+        self.request_id: RequestId = check_request_id(request_id)
+        self.frame: Frame = check_frame(frame)
+        if fingerprint is None:
+            fingerprint = frame_digest(self.frame)
+        elif isinstance(fingerprint, bool) or not isinstance(fingerprint, str | bytes | int):
+            msg = f"fingerprint must be str, bytes or int, not {type(fingerprint).__name__}"
+            raise TypeError(msg)
+        self.fingerprint: str | bytes | int = fingerprint
+        if not isinstance(confirm_mode, WsConfirmMode):
+            msg = f"confirm_mode must be a WsConfirmMode, not {type(confirm_mode).__name__}"
+            raise TypeError(msg)
+        self.confirm_mode: WsConfirmMode = confirm_mode
+        self.timeout: float | None = None if timeout is None else check_timeout(timeout)
+
+    def __repr__(self) -> str:
+        return (
+            f"WsDelegatedRequest(request_id={self.request_id!r}, "
+            f"frame={_short(self.frame)}, confirm_mode={self.confirm_mode.name}, "
+            f"timeout={self.timeout!r})"
+        )
+
+
+class WsSend:
+    """A fire-and-forget frame, sent in order with requests.
+
+    ``ask`` returns None once the frame is queued, or raises `WsSendRefused`
+    if the outbound queue is full; ``tell`` never raises for a full queue
+    (the refusal is counted in `WsStats.sends_refused`).
+
+    Args:
+        frame: `str` for a text frame, `bytes` for binary.
+
+    Raises:
+        TypeError: If ``frame`` is neither.
+    """
+
+    __slots__ = ("frame",)
+
+    def __init__(self, frame: Frame) -> None:
+        self.frame: Frame = check_frame(frame)
+
+    def __repr__(self) -> str:
+        return f"WsSend({_short(self.frame)})"
+
+
+class WsGetStats:
+    """Ask for a `WsStats` snapshot."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "WsGetStats()"
+
+
+@dataclass(frozen=True, slots=True)
+class WsDelegatedOk:
+    """The successful outcome of a `WsDelegatedRequest`.
+
+    Attributes:
+        request_id: The request's id.
+        confirmed: True if the endpoint's reply was seen, False for a request
+            in `WsConfirmMode.SENT` that was written.
+        response: The reply frame when ``confirmed``, else None.
+    """
+
+    request_id: RequestId
+    confirmed: bool
+    response: Frame | None = None
+
+
+class WsRequestMatch(NamedTuple):
+    """What `WsEndpoint.match_response` returns for a reply to a request.
+
+    Attributes:
+        request_id: The id of the request this frame answers.
+        ok: True for a success, False for a refusal (`EndpointRejected`).
+        message: A human-readable reason, used for refusals.
+        rate_limit_feedback: Anything the endpoint says about rate limits;
+            passed on untouched for a limiter in front of the actor.
+    """
+
+    request_id: RequestId
+    ok: bool = True
+    message: str = ""
+    rate_limit_feedback: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class WsInbound:
+    """Told to inbound subscribers for every frame that is not a reply to a request.
+
+    Attributes:
+        frame: The frame as received.
+        message: What `WsEndpoint.parse` made of it.
+    """
+
+    frame: Frame
+    message: Any
+
+
+@dataclass(frozen=True, slots=True)
+class WsConnected:
+    """Told to inbound subscribers when a connection opens.
+
+    Attributes:
+        url: The URL connected to.
+        generation: Counts connections made by this actor, from 1.
+    """
+
+    url: str
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class WsDisconnected:
+    """Told to inbound subscribers when a connection is lost or refused.
+
+    Attributes:
+        cause: The exception that ended it (e.g. a ``ConnectionClosed`` with
+            the transport error in its ``__cause__``).
+        generation: The connection's generation.
+        reconnecting: True if the actor will try again.
+    """
+
+    cause: BaseException | None
+    generation: int
+    reconnecting: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WsLateResponse:
+    """Told to inbound subscribers for a reply to a request that already ended.
+
+    That is a reply after `Unconfirmed`, or any reply to a request in
+    `WsConfirmMode.SENT`.
+
+    Attributes:
+        request_id: The request's id.
+        frame: The reply.
+    """
+
+    request_id: RequestId
+    frame: Frame
+
+
+@dataclass(frozen=True, slots=True)
+class WsStats:
+    """A snapshot of a `WebSocketActor`'s state and counters.
+
+    Attributes:
+        state: ``"connecting"``, ``"open"``, ``"backoff"`` or ``"stopped"``.
+        connected_since: Wall-clock time (`time.time`) the current connection
+            opened, or None.
+        reconnects: Connections opened after the first one.
+        pending: Distinct request ids in flight.
+        queued: Frames waiting to be handed to the writer.
+        frames_in: Frames received.
+        frames_out: Frames written.
+        bytes_in: Payload bytes received (text counted as UTF-8).
+        bytes_out: Payload bytes written.
+        outcomes: Outcome name to count: ``confirmed``, ``sent``,
+            ``rejected``, ``not_delivered``, ``unconfirmed``,
+            ``payload_mismatch``, ``too_many_pending``.
+        sends_refused: `WsSend` frames refused because the queue was full.
+        hook_errors: Exceptions raised by (or garbage returned from)
+            `WsEndpoint` hooks, and subscriber failures.
+        last_error: A readable description of the last connection error, or
+            None.
+    """
+
+    state: str
+    connected_since: float | None
+    reconnects: int
+    pending: int
+    queued: int
+    frames_in: int
+    frames_out: int
+    bytes_in: int
+    bytes_out: int
+    outcomes: Mapping[str, int] = field(default_factory=dict)
+    sends_refused: int = 0
+    hook_errors: int = 0
+    last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WsBackoff:
+    """Reconnect delays: exponential, capped, with full jitter.
+
+    The n-th consecutive failed attempt waits a uniformly random time in
+    ``[0, min(cap, initial * factor ** n)]``. A connection that stayed open
+    at least ``reset_after`` seconds resets n to 0; one that dies sooner does
+    not, so a server that accepts and closes at once is not hammered.
+
+    Raises:
+        TypeError: If a value is not a number.
+        ValueError: If a value is out of range.
+    """
+
+    initial: float = 0.5
+    factor: float = 2.0
+    cap: float = 30.0
+    reset_after: float = 10.0
+
+    def __post_init__(self) -> None:
+        check_timeout(self.initial, "initial")
+        check_timeout(self.cap, "cap")
+        check_timeout(self.reset_after, "reset_after")
+        if isinstance(self.factor, bool) or not isinstance(self.factor, int | float):
+            msg = f"factor must be a number, not {type(self.factor).__name__}"
+            raise TypeError(msg)
+        if not math.isfinite(self.factor) or self.factor < 1:
+            msg = f"factor must be finite and >= 1, not {self.factor!r}"
+            raise ValueError(msg)
+        if self.cap < self.initial:
+            msg = f"cap ({self.cap}) must be >= initial ({self.initial})"
+            raise ValueError(msg)
+
+    def ceiling(self, attempt: int) -> float:
+        """Return the largest delay for the given attempt (0-based)."""
+        # Bound the exponent so factor ** attempt cannot overflow.
+        exponent = min(attempt, 1024)
+        try:
+            value = self.initial * self.factor**exponent
+        except OverflowError:
+            return self.cap
+        return min(self.cap, value)
+
+    def delay(self, attempt: int, rng: Random) -> float:
+        """Return a jittered delay for the given attempt (0-based)."""
+        return rng.uniform(0.0, self.ceiling(attempt))
+
+
+def _short(frame: Frame, limit: int = 60) -> str:
+    text = repr(frame)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

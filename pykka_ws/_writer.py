@@ -1,0 +1,109 @@
+"""The writer actor: the only code that calls ``send()`` on a connection.
+
+The owner hands it one `WriteBatch` at a time with ``ask(block=False)``; the
+reply (a `CallbackFuture`) comes back to the owner as a message. Each frame
+carries a `Claim`, the token that decides, between the writer and the owner,
+whether a write happened:
+
+    PENDING -> STARTED   the writer, just before send()
+    PENDING -> CANCELLED the owner, at a deadline, disconnect or stop
+    STARTED -> DONE      the writer, when send() returned
+
+Exactly one of start and cancel wins, under a lock the two share. A claim
+left STARTED after the batch returned is the write that raised.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pykka
+
+from pykka_ws._futures import CallbackFuture
+
+if TYPE_CHECKING:
+    import threading
+
+    from websockets.sync.client import ClientConnection
+
+__all__ = ["CANCELLED", "DONE", "PENDING", "STARTED", "Claim", "WriteBatch", "WriteResult", "WsWriter"]
+
+PENDING = 0
+STARTED = 1
+CANCELLED = 2
+DONE = 3
+
+
+class Claim:
+    """One write attempt of one frame."""
+
+    # One per frame written: slots make it cheaper to create.
+    __slots__ = ("frame", "state")
+
+    def __init__(self, frame: str | bytes) -> None:
+        self.frame = frame
+        self.state = PENDING
+
+
+class WriteBatch:
+    """Frames to write, in order, on one connection."""
+
+    __slots__ = ("claims", "connection", "generation")
+
+    def __init__(self, connection: ClientConnection, generation: int, claims: list[Claim]) -> None:
+        self.connection = connection
+        self.generation = generation
+        self.claims = claims
+
+
+class WriteResult:
+    """What the writer did with a batch: bytes written and the error, if any."""
+
+    __slots__ = ("bytes_out", "error", "frames_out")
+
+    def __init__(self, frames_out: int, bytes_out: int, error: BaseException | None) -> None:
+        self.frames_out = frames_out
+        self.bytes_out = bytes_out
+        self.error = error
+
+
+class WsWriter(pykka.ThreadingActor):
+    """Writes batches of frames; never decides an outcome.
+
+    Args:
+        claim_lock: The lock shared with the owner for claim transitions.
+    """
+
+    @staticmethod
+    def _create_future() -> pykka.Future[Any]:
+        return CallbackFuture()
+
+    def __init__(self, claim_lock: threading.Lock) -> None:
+        super().__init__()
+        self._claim_lock = claim_lock
+
+    def on_receive(self, message: Any) -> Any:
+        """Write a `WriteBatch`; return a `WriteResult`."""
+        if isinstance(message, WriteBatch):
+            return self._write(message)
+        return super().on_receive(message)
+
+    def _write(self, batch: WriteBatch) -> WriteResult:
+        lock = self._claim_lock
+        send = batch.connection.send
+        frames = 0
+        size = 0
+        for claim in batch.claims:
+            with lock:
+                if claim.state != PENDING:
+                    continue
+                claim.state = STARTED
+            frame = claim.frame
+            try:
+                send(frame)
+            except Exception as exc:  # noqa: BLE001 - the owner classifies it
+                return WriteResult(frames, size, exc)
+            claim.state = DONE
+            frames += 1
+            size += len(frame) if isinstance(frame, bytes) else len(frame.encode())
+        return WriteResult(frames, size, None)
