@@ -31,8 +31,8 @@ from pykka_ws._connection import (
     Connection,
     ConnectorSlot,
     Inbound,
-    OpenFailed,
     Opened,
+    OpenFailed,
     run_connector,
 )
 from pykka_ws._endpoint import WsEndpoint
@@ -63,13 +63,22 @@ from pykka_ws._messages import (
 )
 from pykka_ws._pending import Entry, Insert, PendingTable, RecentIds
 from pykka_ws._scheduler import SCHEDULER
-from pykka_ws._writer import CANCELLED, DONE, PENDING, STARTED, Claim, WriteBatch, WriteResult, WsWriter
+from pykka_ws._writer import (
+    CANCELLED,
+    DONE,
+    PENDING,
+    STARTED,
+    Claim,
+    WriteBatch,
+    WriteResult,
+    WsWriter,
+)
 
 if TYPE_CHECKING:
     import ssl as ssl_module
     from collections.abc import Iterable, Mapping
 
-    from pykka_ws._messages import Frame, RequestId
+    from pykka_ws._messages import Frame
     from pykka_ws._scheduler import TimerHandle
 
 __all__ = ["WebSocketActor"]
@@ -289,6 +298,7 @@ class WebSocketActor(pykka.ThreadingActor):
         self._old_connections: list[Connection] = []
         self._connector: threading.Thread | None = None
         self._slot: ConnectorSlot | None = None
+        self._early_close: Closed | None = None
         self._attempt = 0
         self._opened_at: float | None = None
         self._connected_since: float | None = None
@@ -303,6 +313,7 @@ class WebSocketActor(pykka.ThreadingActor):
         self._outcomes = dict.fromkeys(_OUTCOMES, 0)
         self._sends_refused = 0
         self._hook_errors = 0
+        self._internal_errors = 0
         self._last_error: str | None = None
 
         self._handlers: dict[type, Any] = {
@@ -347,7 +358,15 @@ class WebSocketActor(pykka.ThreadingActor):
                     break
             else:
                 return super().on_receive(message)
-        return handler(message)
+        try:
+            return handler(message)
+        except Exception as exc:
+            # A bug here must not kill the connection for every other caller
+            # (pykka stops an actor whose handler raises on a tell): an asking
+            # caller gets the exception through a failed deferred.
+            self._internal_errors += 1
+            logger.exception("pykka-ws: internal error handling %r", message)
+            return self._failed(exc)
 
     # -- requests -----------------------------------------------------------
 
@@ -725,6 +744,7 @@ class WebSocketActor(pykka.ThreadingActor):
         if message.generation != self._generation or self._state != CONNECTING:
             message.connection.abort()  # pragma: no cover - cannot happen
             return
+        early_close, self._early_close = self._early_close, None
         self._state = OPEN
         self._connection = message.connection
         self._opened_at = time.monotonic()
@@ -736,26 +756,35 @@ class WebSocketActor(pykka.ThreadingActor):
         if preamble:
             self._queue.extendleft(reversed(preamble))
             self._queued += len(preamble)
+        if early_close is not None and early_close.generation == message.generation:
+            self._connection_lost(early_close.cause)  # it closed before we knew it opened
+            return
         self._flush()
 
     def _on_open_frames(self) -> list[_Item]:
         frames = self._call_hook("on_open")
-        items: list[_Item] = []
         try:
-            for frame in frames:
-                items.append(_SendItem(check_frame(frame, "on_open() frame"), preamble=True))
+            return [_SendItem(check_frame(f, "on_open() frame"), preamble=True) for f in frames]
         except TypeError:
             self._hook_garbage("on_open", frames)
-            return []
-        return items
+        except Exception:
+            self._hook_errors += 1
+            logger.exception("pykka-ws: endpoint hook on_open() raised")
+        return []
 
     def _on_open_failed(self, message: OpenFailed) -> None:
         if message.generation != self._generation or self._state != CONNECTING:
             return  # pragma: no cover
+        self._early_close = None
         self._after_disconnect(message.error)
 
     def _on_closed(self, message: Closed) -> None:
-        if message.generation != self._generation or self._state != OPEN:
+        if message.generation != self._generation:
+            return
+        if self._state == CONNECTING:
+            self._early_close = message  # Opened or OpenFailed is on its way
+            return
+        if self._state != OPEN:
             return
         self._connection_lost(message.cause)
 
@@ -848,8 +877,11 @@ class WebSocketActor(pykka.ThreadingActor):
         for timer in (self._expiry_timer, self._reconnect_timer):
             if timer is not None:
                 timer.cancel()
-        if self._slot is not None:
-            self._slot.cancel()
+        unadopted = self._slot.cancel() if self._slot is not None else None
+        if unadopted is not None and unadopted is not self._connection:
+            # Opened while we were stopping: its Opened message is lost.
+            unadopted.abort()
+            self._old_connections.append(unadopted)
         # Nothing more may start: cancel every claim not yet started.
         stuck = False
         inflight = self._inflight
@@ -881,13 +913,8 @@ class WebSocketActor(pykka.ThreadingActor):
             self._connector.join()
         for old in self._old_connections:
             old.abort()
-            old.recv_events_thread.join()
-            if old.keepalive_thread is not None:
-                old.keepalive_thread.join()
+            old.join_threads()
         self._old_connections.clear()
-        if self._slot is not None and self._slot.connection is not None:
-            self._slot.connection.abort()
-            self._slot.connection.recv_events_thread.join()
         SCHEDULER.release()
 
 
@@ -925,12 +952,11 @@ def _check_inbound(inbound: object) -> list[pykka.ActorRef[Any]]:
     if isinstance(inbound, pykka.ActorRef):
         return [inbound]
     try:
-        refs = list(inbound)  # type: ignore[call-overload]
+        refs: list[object] = list(inbound)  # type: ignore[call-overload]
     except TypeError:
         refs = [inbound]
     for ref in refs:
         if not isinstance(ref, pykka.ActorRef):
             msg = f"inbound must be an ActorRef or an iterable of them, not {type(ref).__name__}"
             raise TypeError(msg)
-    return refs
-
+    return cast("list[pykka.ActorRef[Any]]", refs)

@@ -31,7 +31,15 @@ if TYPE_CHECKING:
     from websockets.protocol import Event
     from websockets.uri import WebSocketURI
 
-__all__ = ["Closed", "Connection", "ConnectorSlot", "Inbound", "OpenFailed", "Opened", "run_connector"]
+__all__ = [
+    "Closed",
+    "Connection",
+    "ConnectorSlot",
+    "Inbound",
+    "OpenFailed",
+    "Opened",
+    "run_connector",
+]
 
 logger = logging.getLogger("pykka_ws")
 
@@ -81,9 +89,12 @@ class OpenFailed:
 class _Sink:
     """Where a connection's events go: the owner, tagged with a generation.
 
-    Events from the receiving thread wait until the connector has told the
-    owner `Opened` (or `OpenFailed`), so the owner never sees a frame or a
-    close before it knows the connection exists.
+    Inbound messages wait until the connector has told the owner `Opened`,
+    so the owner never sees a frame of a connection it does not know yet.
+    (They can only arrive after a successful handshake, and the connector
+    announces right after it.) `Closed` never waits: websockets joins the
+    receiving thread when a handshake fails, so waiting there would
+    deadlock; the owner handles a `Closed` that overtakes `Opened`.
     """
 
     __slots__ = ("announced", "generation", "owner")
@@ -93,8 +104,8 @@ class _Sink:
         self.generation = generation
         self.announced = threading.Event()
 
-    def tell(self, message: object) -> None:
-        if not self.announced.is_set():
+    def tell(self, message: object, *, wait: bool = True) -> None:
+        if wait and not self.announced.is_set():
             self.announced.wait()
         try:
             self.owner.tell(message)
@@ -127,7 +138,7 @@ class Connection(ClientConnection):
             super().process_event(event)
             return
         opcode = event.opcode  # type: ignore[union-attr]
-        data: bytes = event.data  # type: ignore[union-attr]
+        data = bytes(event.data)  # type: ignore[union-attr]  # no copy for bytes
         if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
             if not event.fin:  # type: ignore[union-attr]
                 self._fragments = [data]
@@ -141,7 +152,7 @@ class Connection(ClientConnection):
                 self._fragments = []
                 self._deliver(data, text=self._fragments_text)
         elif opcode is Opcode.PONG:
-            self.acknowledge_pings(bytes(data))
+            self.acknowledge_pings(data)
 
     def _deliver(self, data: bytes, *, text: bool) -> None:
         frame: str | bytes
@@ -159,7 +170,7 @@ class Connection(ClientConnection):
                         pass
                 return
         else:
-            frame = bytes(data)
+            frame = data
         self._sink.tell(Inbound(self._sink.generation, frame, len(data)))
 
     def recv_events(self) -> None:
@@ -172,7 +183,7 @@ class Connection(ClientConnection):
                 cause = self.close_exc
             except Exception as exc:  # noqa: BLE001 - the cause is only informative
                 cause = exc
-            self._sink.tell(Closed(self._sink.generation, cause))
+            self._sink.tell(Closed(self._sink.generation, cause), wait=False)
 
     def abort(self) -> None:
         """Shut the socket down now, unblocking any thread stuck on it."""
@@ -181,6 +192,12 @@ class Connection(ClientConnection):
         except OSError:
             pass
         self.close_socket()
+
+    def join_threads(self) -> None:
+        """Wait for websockets' receiving and keepalive threads to end."""
+        for thread in (self.recv_events_thread, self.keepalive_thread):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join()
 
 
 class ConnectorSlot:
@@ -199,18 +216,21 @@ class ConnectorSlot:
         self.sock: socket.socket | None = None
         self.connection: Connection | None = None
 
-    def cancel(self) -> None:
-        """Abort the attempt: shut its socket down and close any connection."""
+    def cancel(self) -> Connection | None:
+        """Abort a handshake under way; return the connection if one was made.
+
+        A connection returned here is the owner's to close: it may or may
+        not have been adopted already.
+        """
         with self.lock:
             self.cancelled = True
             sock, connection = self.sock, self.connection
-        if connection is not None:
-            connection.abort()
-        elif sock is not None:
+        if connection is None and sock is not None:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+        return connection
 
 
 def run_connector(
@@ -247,11 +267,15 @@ def run_connector(
             # affected: websockets only calls recv() when select() says so.
             connection.socket.settimeout(write_timeout)
             with slot.lock:
-                if slot.cancelled:
-                    connection.abort()
-                    msg = "the actor stopped while connecting"
-                    raise ConnectionAbortedError(msg)  # noqa: TRY301
-                slot.connection = connection
+                cancelled = slot.cancelled
+                if not cancelled:
+                    slot.connection = connection
+            if cancelled:
+                sink.announced.set()
+                connection.abort()
+                connection.join_threads()
+                msg = "the actor stopped while connecting"
+                raise ConnectionAbortedError(msg)  # noqa: TRY301
         except Exception as exc:  # noqa: BLE001 - every failure is reported to the owner
             _tell(owner, OpenFailed(generation, exc))
         else:

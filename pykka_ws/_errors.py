@@ -107,7 +107,7 @@ class EndpointRejected(WsDelegatedError):
         self.message = reason
 
 
-class WsSendRefused(Exception):  # noqa: N818 - reads as an outcome, like NotDelivered
+class WsSendRefused(Exception):
     """A `WsSend` was refused because the outbound queue is full.
 
     Attributes:

@@ -70,10 +70,7 @@ def check_timeout(timeout: object, name: str = "timeout") -> float:
 
 def frame_digest(frame: Frame) -> str:
     """Return the default fingerprint of a frame: a digest of its type and bytes."""
-    if isinstance(frame, str):
-        data = b"t" + frame.encode("utf-8", "surrogatepass")
-    else:
-        data = b"b" + frame
+    data = b"t" + frame.encode("utf-8", "surrogatepass") if isinstance(frame, str) else b"b" + frame
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 

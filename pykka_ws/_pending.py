@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Hashable, Iterator
 
     from pykka_ws._messages import Frame, RequestId, WsConfirmMode
+    from pykka_ws._writer import Claim
 
 __all__ = ["Entry", "Insert", "PendingTable", "RecentIds"]
 
@@ -75,7 +76,7 @@ class Entry(Generic[W]):
         self.frame = frame
         self.waiter = waiter
         self.heap_seq = 0
-        self.claim: object | None = None
+        self.claim: Claim | None = None
         self.written = False
         self.generation = 0
 
@@ -172,6 +173,7 @@ class PendingTable(Generic[W]):
         if self._entries.get(entry.request_id) is not entry:
             return False
         del self._entries[entry.request_id]
+        self._compact()
         return True
 
     def expire_due(self, now: float | None = None) -> list[Entry[W]]:
@@ -213,6 +215,10 @@ class PendingTable(Generic[W]):
     def _push(self, entry: Entry[W]) -> None:
         entry.heap_seq = seq = next(self._seq)
         heapq.heappush(self._heap, (entry.deadline, seq, entry.request_id))
+        self._compact()
+
+    def _compact(self) -> None:
+        """Rebuild the heap from live entries once stale items dominate it."""
         if len(self._heap) > _HEAP_SLACK_FACTOR * len(self._entries) + _HEAP_SLACK_CONSTANT:
             self._heap = [(e.deadline, e.heap_seq, e.request_id) for e in self._entries.values()]
             heapq.heapify(self._heap)

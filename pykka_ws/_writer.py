@@ -26,7 +26,16 @@ if TYPE_CHECKING:
 
     from websockets.sync.client import ClientConnection
 
-__all__ = ["CANCELLED", "DONE", "PENDING", "STARTED", "Claim", "WriteBatch", "WriteResult", "WsWriter"]
+__all__ = [
+    "CANCELLED",
+    "DONE",
+    "PENDING",
+    "STARTED",
+    "Claim",
+    "WriteBatch",
+    "WriteResult",
+    "WsWriter",
+]
 
 PENDING = 0
 STARTED = 1

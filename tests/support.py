@@ -1,0 +1,89 @@
+"""Helpers shared by the tests."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from pykka_ws import WsEndpoint, WsRequestMatch
+
+_POLL_INTERVAL = threading.Event()  # never set: waiting on it is a plain pause
+LIBRARY_THREAD_PREFIXES = ("pykka-ws-", "WebSocketActor", "WsWriter")
+
+
+def library_threads() -> list[threading.Thread]:
+    return [
+        t
+        for t in threading.enumerate()
+        if t.name.startswith(LIBRARY_THREAD_PREFIXES) and not t.name.startswith("pykka-ws-testing")
+    ]
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy, or fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        _POLL_INTERVAL.wait(0.005)  # the poll's interval; the deadline bounds the wait
+
+
+def wait_no_library_threads(timeout: float = 5.0) -> None:
+    wait_until(lambda: not library_threads(), timeout, "library threads to exit")
+
+
+class JsonEndpoint(WsEndpoint):
+    """Requests are {"id": n, ...}; replies {"id": n, "result": ...} or {"id": n, "error": ...}."""
+
+    def __init__(self, on_open: list[str] | None = None) -> None:
+        self.open_frames = on_open or []
+
+    def on_open(self) -> list[str]:
+        return list(self.open_frames)
+
+    def match_response(self, frame: str | bytes) -> WsRequestMatch | None:
+        try:
+            data = json.loads(frame)
+        except ValueError:
+            return None
+        if not isinstance(data, dict) or "id" not in data:
+            return None
+        if "error" in data:
+            return WsRequestMatch(data["id"], ok=False, message=str(data["error"]))
+        if "result" in data:
+            return WsRequestMatch(data["id"])
+        return None
+
+    def parse(self, frame: str | bytes) -> Any:
+        try:
+            return json.loads(frame)
+        except ValueError:
+            return frame
+
+
+def json_reply(frame: str | bytes) -> str | None:
+    """Server side: confirm, reject or ignore a JSON request by its "do" field."""
+    try:
+        data = json.loads(frame)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or "id" not in data:
+        return None
+    action = data.get("do", "confirm")
+    if action == "confirm":
+        return json.dumps({"id": data["id"], "result": "ok"})
+    if action == "reject":
+        return json.dumps({"id": data["id"], "error": "insufficient funds"})
+    return None
+
+
+def req_frame(request_id: int | str, do: str = "confirm", **extra: Any) -> str:
+    return json.dumps({"id": request_id, "do": do, **extra})

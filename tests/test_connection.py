@@ -1,0 +1,383 @@
+"""The self-healing connection: reconnects, state replay, deadlines, keepalive, TLS."""
+
+from __future__ import annotations
+
+import queue
+import ssl
+import threading
+import time
+from typing import Any
+
+import pykka
+import pytest
+import trustme
+
+from pykka_ws import (
+    NotDelivered,
+    Unconfirmed,
+    WebSocketActor,
+    WsBackoff,
+    WsConfirmMode,
+    WsConnected,
+    WsDelegatedError,
+    WsDelegatedRequest,
+    WsDisconnected,
+    WsGetStats,
+    WsInbound,
+    WsLateResponse,
+    WsSend,
+    WsStats,
+)
+from pykka_ws.testing import FaultProxy, WsTestServer
+
+from .support import JsonEndpoint, json_reply, req_frame, wait_no_library_threads, wait_until
+
+pytestmark = pytest.mark.timeout(30)
+
+FAST = WsBackoff(initial=0.02, factor=2.0, cap=0.1, reset_after=5.0)
+
+
+class Collector(pykka.ThreadingActor):
+    """An inbound subscriber that puts everything it is told on a queue."""
+
+    def __init__(self, sink: queue.Queue[Any]) -> None:
+        super().__init__()
+        self.sink = sink
+
+    def on_receive(self, message: Any) -> None:
+        self.sink.put(message)
+
+
+def next_of(sink: queue.Queue[Any], kind: type, timeout: float = 5.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            pytest.fail(f"no {kind.__name__} within {timeout} s")
+        try:
+            message = sink.get(timeout=remaining)
+        except queue.Empty:
+            continue
+        if isinstance(message, kind):
+            return message
+
+
+def stats(ref: pykka.ActorRef[Any]) -> WsStats:
+    result = ref.ask(WsGetStats(), timeout=5)
+    assert isinstance(result, WsStats)
+    return result
+
+
+def wait_state(ref: pykka.ActorRef[Any], state: str, timeout: float = 5.0) -> None:
+    wait_until(lambda: stats(ref).state == state, timeout, f"state {state!r}")
+
+
+def start(url: str, **kwargs: Any) -> pykka.ActorRef[Any]:
+    kwargs.setdefault("endpoint", JsonEndpoint())
+    kwargs.setdefault("backoff", FAST)
+    return WebSocketActor.start(url, **kwargs)
+
+
+# -- reconnect and state replay ---------------------------------------------
+
+
+def test_on_open_frames_go_first_on_every_connection(server: WsTestServer) -> None:
+    server.set_silent(True)
+    ref = start(server.url, endpoint=JsonEndpoint(on_open=["auth", "subscribe"]))
+    ref.tell(WsSend("after"))
+    assert server.wait_for_received(3) == ["auth", "subscribe", "after"]
+    server.clear_received()
+    server.close_connections()
+    server.wait_for_connections(2)
+    ref.tell(WsSend("again"))
+    assert server.wait_for_received(3) == ["auth", "subscribe", "again"]
+    assert stats(ref).reconnects == 1
+
+
+def test_server_restart_mid_stream(server: WsTestServer) -> None:
+    port = server.port
+    sink: queue.Queue[Any] = queue.Queue()
+    collector = Collector.start(sink)
+    ref = start(server.url, endpoint=JsonEndpoint(on_open=["auth"]), inbound=collector)
+    next_of(sink, WsConnected)
+    assert ref.ask(WsDelegatedRequest(1, req_frame(1)), timeout=10).confirmed
+
+    server.stop()
+    next_of(sink, WsDisconnected)
+    # Asked while disconnected: waits for the next connection.
+    during = ref.ask(WsDelegatedRequest(2, req_frame(2), timeout=10.0), block=False)
+
+    with WsTestServer(json_reply, port=port) as restarted:
+        assert next_of(sink, WsConnected).generation >= 2
+        assert during.get(timeout=10).confirmed
+        assert ref.ask(WsDelegatedRequest(3, req_frame(3)), timeout=10).confirmed
+        assert restarted.received == ["auth", req_frame(2), req_frame(3)]
+    assert stats(ref).outcomes["confirmed"] == 3
+
+
+def test_written_confirmed_request_is_unconfirmed_as_soon_as_its_connection_dies(
+    server: WsTestServer,
+) -> None:
+    ref = start(server.url)
+    wait_state(ref, "open")
+    future = ref.ask(WsDelegatedRequest(1, req_frame(1, "silent"), timeout=20.0), block=False)
+    server.wait_for_received(1)
+    started = time.monotonic()
+    server.close_connections(abrupt=True)
+    with pytest.raises(Unconfirmed) as info:
+        future.get(timeout=10)
+    assert info.value.written is True
+    assert time.monotonic() - started < 5.0  # long before the 20 s deadline
+
+
+def test_request_queued_while_disconnected_is_not_delivered_at_its_deadline(
+    server: WsTestServer,
+) -> None:
+    server.set_reject_handshake(503)
+    ref = start(server.url)
+    with pytest.raises(NotDelivered, match="before it was written"):
+        ref.ask(WsDelegatedRequest(1, req_frame(1), timeout=0.3), timeout=10)
+    assert stats(ref).pending == 0
+    assert server.received == []
+
+
+def test_accept_and_close_server_is_not_hammered(server: WsTestServer) -> None:
+    server.set_accept_and_close(True)
+    backoff = WsBackoff(initial=0.05, factor=2.0, cap=0.4, reset_after=10.0)
+    ref = start(server.url, backoff=backoff)
+    server.wait_for_connections(1)
+    window = 2.0
+    before = server.connections_accepted
+    threading.Event().wait(window)  # the measurement window itself
+    attempts = server.connections_accepted - before
+    # Full jitter averages cap/2 = 0.2 s a try: ~10 in the window. A hot loop
+    # would make hundreds.
+    assert attempts <= 40, f"{attempts} connections in {window} s"
+    assert stats(ref).state in {"backoff", "connecting", "open"}
+
+
+def test_handshake_refused_with_401_stops_reconnecting_with_a_clear_error(
+    server: WsTestServer,
+) -> None:
+    server.set_reject_handshake(401)
+    sink: queue.Queue[Any] = queue.Queue()
+    ref = start(server.url, inbound=Collector.start(sink))
+    event = next_of(sink, WsDisconnected)
+    assert event.reconnecting is False
+    wait_state(ref, "closed")
+    assert "401" in (stats(ref).last_error or "")
+    with pytest.raises(NotDelivered, match="will not reconnect"):
+        ref.ask(WsDelegatedRequest(1, req_frame(1)), timeout=10)
+
+
+class StopAfterFirstLoss(JsonEndpoint):
+    def on_disconnect(self, cause: BaseException | None) -> bool:
+        return False
+
+
+def test_endpoint_can_decide_not_to_reconnect(server: WsTestServer) -> None:
+    ref = start(server.url, endpoint=StopAfterFirstLoss())
+    wait_state(ref, "open")
+    server.close_connections()
+    wait_state(ref, "closed")
+    assert server.connections_accepted == 1
+
+
+# -- write deadline, keepalive, limits ---------------------------------------
+
+
+def test_peer_that_stops_reading_fails_only_the_writer_and_is_replaced(
+    server: WsTestServer,
+) -> None:
+    proxy = FaultProxy("127.0.0.1", server.port).start()
+    try:
+        ref = start(proxy.url, write_timeout=0.5, close_timeout=0.2, default_timeout=3.0)
+        wait_state(ref, "open")
+        proxy.blackhole()
+        big = [
+            ref.ask(WsDelegatedRequest(i, req_frame(i, pad="x" * 2**20)), block=False)
+            for i in range(40)
+        ]
+        # The owner keeps answering while the writer is stuck.
+        for _ in range(5):
+            assert stats(ref).pending >= 0
+        outcomes: dict[int, BaseException | None] = {}
+        for i, future in enumerate(big):
+            try:
+                future.get(timeout=10)
+                outcomes[i] = None
+            except WsDelegatedError as error:
+                outcomes[i] = error
+        assert any(isinstance(e, NotDelivered) for e in outcomes.values())
+        proxy.restore()
+        wait_state(ref, "open", timeout=10)
+        assert ref.ask(WsDelegatedRequest("x", req_frame("x")), timeout=10).confirmed
+        received_ids = {frame for frame in server.received}
+        for i, error in outcomes.items():
+            if isinstance(error, NotDelivered):
+                assert req_frame(i, pad="x" * 2**20) not in received_ids
+    finally:
+        pykka.ActorRegistry.stop_all()
+        proxy.stop()
+
+
+def test_silent_dead_peer_is_detected_by_keepalive_and_replaced(server: WsTestServer) -> None:
+    proxy = FaultProxy("127.0.0.1", server.port).start()
+    try:
+        sink: queue.Queue[Any] = queue.Queue()
+        ref = start(
+            proxy.url,
+            inbound=Collector.start(sink),
+            ping_interval=0.2,
+            ping_timeout=0.2,
+            close_timeout=0.2,
+        )
+        next_of(sink, WsConnected)
+        proxy.blackhole()
+        pulled = time.monotonic()
+        next_of(sink, WsDisconnected, timeout=5.0)
+        detected = time.monotonic() - pulled
+        assert detected < 0.2 + 0.2 + 0.2 + 1.5
+        proxy.restore()
+        next_of(sink, WsConnected, timeout=10.0)
+        assert ref.ask(WsDelegatedRequest(1, req_frame(1)), timeout=10).confirmed
+    finally:
+        pykka.ActorRegistry.stop_all()
+        proxy.stop()
+
+
+def test_oversized_inbound_frame_fails_the_connection_which_is_replaced(
+    server: WsTestServer,
+) -> None:
+    sink: queue.Queue[Any] = queue.Queue()
+    ref = start(server.url, inbound=Collector.start(sink), max_size=1000)
+    next_of(sink, WsConnected)
+    server.send_to_all("x" * 2000)
+    event = next_of(sink, WsDisconnected)
+    assert "1009" in repr(event.cause) or "too big" in str(event.cause)
+    next_of(sink, WsConnected)
+    assert ref.ask(WsDelegatedRequest(1, req_frame(1)), timeout=10).confirmed
+
+
+def test_invalid_utf8_text_frame_fails_the_connection_which_is_replaced(
+    server: WsTestServer, mocker: Any
+) -> None:
+    sink: queue.Queue[Any] = queue.Queue()
+    ref = start(server.url, inbound=Collector.start(sink))
+    next_of(sink, WsConnected)
+    server.send_raw_text_to_all(b"\xff\xfe")
+    event = next_of(sink, WsDisconnected)
+    assert "1007" in repr(event.cause) or "UTF-8" in str(event.cause)
+    next_of(sink, WsConnected)
+    assert ref.ask(WsDelegatedRequest(1, req_frame(1)), timeout=10).confirmed
+
+
+# -- inbound ------------------------------------------------------------------
+
+
+def test_inbound_frames_and_late_responses_reach_subscribers(server: WsTestServer) -> None:
+    sink: queue.Queue[Any] = queue.Queue()
+    other: queue.Queue[Any] = queue.Queue()
+    ref = start(server.url, inbound=[Collector.start(sink), Collector.start(other)])
+    assert next_of(sink, WsConnected).url == server.url
+    server.send_to_all('{"channel": "ticker", "price": 1}')
+    inbound = next_of(sink, WsInbound)
+    assert inbound.message == {"channel": "ticker", "price": 1}
+    assert next_of(other, WsInbound) == inbound
+
+    with pytest.raises(Unconfirmed):
+        ref.ask(WsDelegatedRequest(5, req_frame(5, "silent"), timeout=0.2), timeout=10)
+    server.send_to_all('{"id": 5, "result": "late"}')
+    late = next_of(sink, WsLateResponse)
+    assert late.request_id == 5
+    assert late.frame == '{"id": 5, "result": "late"}'
+
+    sent = ref.ask(
+        WsDelegatedRequest(6, req_frame(6), confirm_mode=WsConfirmMode.SENT), timeout=10
+    )
+    assert sent.confirmed is False
+    assert next_of(sink, WsLateResponse).request_id == 6
+
+
+def test_dead_subscriber_is_dropped_and_the_actor_lives_on(server: WsTestServer) -> None:
+    sink: queue.Queue[Any] = queue.Queue()
+    dead = Collector.start(queue.Queue())
+    ref = start(server.url, inbound=[dead, Collector.start(sink)])
+    next_of(sink, WsConnected)
+    dead.stop()
+    server.send_to_all('{"hello": 1}')
+    next_of(sink, WsInbound)
+    assert ref.is_alive()
+    assert stats(ref).hook_errors == 1
+
+
+# -- TLS ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def tls_server(ca: trustme.CA, *hosts: str) -> WsTestServer:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(*hosts).configure_cert(context)
+    return WsTestServer(json_reply, ssl=context)
+
+
+def test_tls_with_a_trusted_certificate_works(ca: trustme.CA) -> None:
+    with tls_server(ca, "127.0.0.1", "localhost") as srv:
+        client = ssl.create_default_context()
+        ca.configure_trust(client)
+        url = f"wss://127.0.0.1:{srv.port}"
+        ref = start(url, ssl=client)
+        assert ref.ask(WsDelegatedRequest(1, req_frame(1)), timeout=10).confirmed
+        ref.stop()
+
+
+@pytest.mark.parametrize("case", ["untrusted", "wrong-host"])
+def test_tls_with_a_bad_certificate_is_refused_and_reported(ca: trustme.CA, case: str) -> None:
+    hosts = ("127.0.0.1",) if case == "untrusted" else ("example.org",)
+    with tls_server(ca, *hosts) as srv:
+        client = ssl.create_default_context()
+        if case == "wrong-host":
+            ca.configure_trust(client)
+        ref = start(f"wss://127.0.0.1:{srv.port}", ssl=client)
+        wait_state(ref, "closed")
+        error = stats(ref).last_error or ""
+        assert "certificate" in error.lower()
+        assert srv.connections_accepted == 0
+        ref.stop()
+
+
+# -- stop in every state -------------------------------------------------------
+
+
+def test_stop_while_connecting_returns_promptly(server: WsTestServer) -> None:
+    proxy = FaultProxy("127.0.0.1", server.port).start()
+    try:
+        proxy.blackhole()  # TCP connects, the handshake never answers
+        ref = start(proxy.url, open_timeout=20.0)
+        wait_until(lambda: proxy.connections_accepted >= 1, 5.0, "the TCP connection")
+        future = ref.ask(WsDelegatedRequest(1, req_frame(1), timeout=20.0), block=False)
+        started = time.monotonic()
+        ref.stop(timeout=10)
+        assert time.monotonic() - started < 5.0
+        with pytest.raises(NotDelivered):
+            future.get(timeout=5)
+        wait_no_library_threads()
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.parametrize("state", ["open", "backoff", "closed"])
+def test_stop_in_each_state_leaves_no_thread(server: WsTestServer, state: str) -> None:
+    if state == "closed":
+        server.set_reject_handshake(403)
+    ref = start(server.url, backoff=WsBackoff(initial=5.0, cap=5.0))
+    if state == "backoff":
+        wait_state(ref, "open")
+        server.close_connections()
+    wait_state(ref, state)
+    ref.stop(timeout=10)
+    wait_no_library_threads()
