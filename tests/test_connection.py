@@ -191,7 +191,13 @@ def test_peer_that_stops_reading_fails_only_the_writer_and_is_replaced(
 ) -> None:
     proxy = FaultProxy("127.0.0.1", server.port).start()
     try:
-        ref = start(proxy.url, write_timeout=0.5, close_timeout=0.2, default_timeout=3.0)
+        ref = start(
+            proxy.url,
+            write_timeout=0.5,
+            close_timeout=0.2,
+            default_timeout=3.0,
+            compression=None,
+        )
         wait_state(ref, "open")
         proxy.blackhole()
         big = [
@@ -212,7 +218,7 @@ def test_peer_that_stops_reading_fails_only_the_writer_and_is_replaced(
         proxy.restore()
         wait_state(ref, "open", timeout=10)
         assert ref.ask(WsDelegatedRequest("x", req_frame("x")), timeout=10).confirmed
-        received_ids = {frame for frame in server.received}
+        received_ids = set(server.received)
         for i, error in outcomes.items():
             if isinstance(error, NotDelivered):
                 assert req_frame(i, pad="x" * 2**20) not in received_ids
@@ -292,9 +298,7 @@ def test_inbound_frames_and_late_responses_reach_subscribers(server: WsTestServe
     assert late.request_id == 5
     assert late.frame == '{"id": 5, "result": "late"}'
 
-    sent = ref.ask(
-        WsDelegatedRequest(6, req_frame(6), confirm_mode=WsConfirmMode.SENT), timeout=10
-    )
+    sent = ref.ask(WsDelegatedRequest(6, req_frame(6), confirm_mode=WsConfirmMode.SENT), timeout=10)
     assert sent.confirmed is False
     assert next_of(sink, WsLateResponse).request_id == 6
 
