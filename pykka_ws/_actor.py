@@ -33,6 +33,7 @@ from pykka_ws._connection import (
     Inbound,
     Opened,
     OpenFailed,
+    RedactingLogger,
     run_connector,
 )
 from pykka_ws._endpoint import WsEndpoint
@@ -180,6 +181,10 @@ class WebSocketActor(pykka.ThreadingActor):
             deemed dead; None waits forever.
         max_size: Largest inbound message in bytes; a larger one fails the
             connection (code 1009) and it is replaced. None for no limit.
+        max_queue: Most inbound messages told to the actor and not yet
+            handled; beyond it the connection stops reading from the socket
+            (TCP backpressure) until the actor catches up, so a flooding
+            peer cannot grow memory without bound.
         ssl: An `ssl.SSLContext` for ``wss://``; default: the system's
             trusted CAs, with certificate and host name checks on.
         server_hostname: Host name to check the certificate against, when it
@@ -215,6 +220,7 @@ class WebSocketActor(pykka.ThreadingActor):
         ping_interval: float | None = 20.0,
         ping_timeout: float | None = 20.0,
         max_size: int | None = 2**20,
+        max_queue: int = 1024,
         ssl: ssl_module.SSLContext | None = None,
         server_hostname: str | None = None,
         additional_headers: Mapping[str, str] | None = None,
@@ -259,6 +265,7 @@ class WebSocketActor(pykka.ThreadingActor):
             close_timeout = min(close_timeout, self._write_timeout)
         if max_size is not None:
             max_size = _check_count(max_size, "max_size")
+        self._max_queue = _check_count(max_queue, "max_queue")
         if ssl is not None and not self._uri.secure:
             msg = "ssl is only valid with a wss:// URL"
             raise ValueError(msg)
@@ -275,6 +282,9 @@ class WebSocketActor(pykka.ThreadingActor):
             "user_agent_header": user_agent_header,
             "subprotocols": list(subprotocols) if subprotocols is not None else None,
             "proxy": None,
+            "logger": RedactingLogger(
+                logging.getLogger("websockets.client"), additional_headers or ()
+            ),
         }
         if self._uri.secure:
             self._connect_kwargs["ssl"] = ssl
@@ -549,6 +559,7 @@ class WebSocketActor(pykka.ThreadingActor):
     # -- inbound ------------------------------------------------------------
 
     def _on_inbound(self, message: Inbound) -> None:
+        message.room.release()
         frame = message.frame
         self._frames_in += 1
         self._bytes_in += message.size
@@ -733,6 +744,7 @@ class WebSocketActor(pykka.ThreadingActor):
             kwargs={
                 "open_timeout": self._open_timeout,
                 "write_timeout": self._write_timeout,
+                "max_queue": self._max_queue,
                 "connect_kwargs": self._connect_kwargs,
             },
             name=f"pykka-ws-connect-{self._generation}",
@@ -896,6 +908,7 @@ class WebSocketActor(pykka.ThreadingActor):
         connection = self._connection
         self._connection = None
         if connection is not None:
+            connection.drop()
             if stuck:
                 connection.abort()  # close() would wait on the stuck write's lock
             else:

@@ -27,6 +27,8 @@ from websockets.frames import CloseCode, Opcode
 from websockets.sync.client import ClientConnection, connect
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from pykka import ActorRef
     from websockets.protocol import Event
     from websockets.uri import WebSocketURI
@@ -45,15 +47,21 @@ logger = logging.getLogger("pykka_ws")
 
 
 class Inbound:
-    """A complete inbound message (told by the receiving thread)."""
+    """A complete inbound message (told by the receiving thread).
+
+    The owner calls ``room.release()`` once it has handled it.
+    """
 
     # One per inbound frame: slots make it cheaper to create.
-    __slots__ = ("frame", "generation", "size")
+    __slots__ = ("frame", "generation", "room", "size")
 
-    def __init__(self, generation: int, frame: str | bytes, size: int) -> None:
+    def __init__(
+        self, generation: int, frame: str | bytes, size: int, room: threading.Semaphore
+    ) -> None:
         self.generation = generation
         self.frame = frame
         self.size = size
+        self.room = room
 
 
 class Closed:
@@ -97,12 +105,25 @@ class _Sink:
     deadlock; the owner handles a `Closed` that overtakes `Opened`.
     """
 
-    __slots__ = ("announced", "generation", "owner")
+    __slots__ = ("announced", "dropped", "generation", "owner", "room")
 
-    def __init__(self, owner: ActorRef[Any], generation: int) -> None:
+    def __init__(self, owner: ActorRef[Any], generation: int, max_queue: int) -> None:
         self.owner = owner
         self.generation = generation
         self.announced = threading.Event()
+        # Inbound messages told but not yet handled by the owner. When they
+        # reach max_queue the receiving thread stops reading: TCP
+        # backpressure instead of an unbounded inbox.
+        self.room = threading.Semaphore(max_queue)
+        self.dropped = False
+
+    def take_credit(self) -> bool:
+        """Wait for room in the owner's inbox; False once the owner let go."""
+        room = self.room
+        while not room.acquire(timeout=0.05):
+            if self.dropped:
+                return False
+        return True
 
     def tell(self, message: object, *, wait: bool = True) -> None:
         if wait and not self.announced.is_set():
@@ -171,7 +192,9 @@ class Connection(ClientConnection):
                 return
         else:
             frame = data
-        self._sink.tell(Inbound(self._sink.generation, frame, len(data)))
+        sink = self._sink
+        if sink.take_credit():
+            sink.tell(Inbound(sink.generation, frame, len(data), sink.room))
 
     def recv_events(self) -> None:
         """Run websockets' receive loop; tell the owner when it ends."""
@@ -185,8 +208,13 @@ class Connection(ClientConnection):
                 cause = exc
             self._sink.tell(Closed(self._sink.generation, cause), wait=False)
 
+    def drop(self) -> None:
+        """Stop delivering to the owner (it is stopping): never block on it."""
+        self._sink.dropped = True
+
     def abort(self) -> None:
         """Shut the socket down now, unblocking any thread stuck on it."""
+        self.drop()
         try:
             self.socket.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -242,10 +270,11 @@ def run_connector(
     *,
     open_timeout: float,
     write_timeout: float | None,
+    max_queue: int,
     connect_kwargs: dict[str, Any],
 ) -> None:
     """Open a connection and tell the owner how it went (connector thread)."""
-    sink = _Sink(owner, generation)
+    sink = _Sink(owner, generation, max_queue)
     try:
         try:
             sock = socket.create_connection((uri.host, uri.port), timeout=open_timeout)
@@ -282,6 +311,29 @@ def run_connector(
             _tell(owner, Opened(generation, connection))
     finally:
         sink.announced.set()
+
+
+class RedactingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """websockets' logger, with the values of secret headers replaced.
+
+    websockets logs every handshake header at DEBUG level; tokens passed in
+    ``additional_headers`` must not end up in logs.
+    """
+
+    def __init__(self, logger: logging.Logger, secret_headers: Iterable[str]) -> None:
+        super().__init__(logger, {})
+        self.secret_headers = frozenset(h.lower() for h in secret_headers) | _ALWAYS_SECRET
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        """Log, redacting ``"> name: value"`` lines of secret headers."""
+        if len(args) == 2 and isinstance(msg, str) and msg.endswith("%s: %s"):  # noqa: PLR2004
+            name = str(args[0])
+            if name.lower() in self.secret_headers:
+                args = (name, "<redacted>")
+        super().log(level, msg, *args, **kwargs)
+
+
+_ALWAYS_SECRET = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
 
 
 def _factory(sink: _Sink) -> Any:

@@ -385,3 +385,67 @@ def test_stop_in_each_state_leaves_no_thread(server: WsTestServer, state: str) -
     wait_state(ref, state)
     ref.stop(timeout=10)
     wait_no_library_threads()
+
+
+# -- limits against a hostile peer ---------------------------------------------
+
+
+class BlockingParse(JsonEndpoint):
+    """parse() blocks the owner until released: the owner falls behind."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def parse(self, frame: str | bytes) -> Any:
+        self.release.wait(10)
+        return super().parse(frame)
+
+
+def test_flooding_peer_is_held_back_by_max_queue_and_nothing_is_lost(
+    server: WsTestServer,
+) -> None:
+    instances: list[WebSocketActor] = []
+
+    class Inspectable(WebSocketActor):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            instances.append(self)
+
+    endpoint = BlockingParse()
+    sink: queue.Queue[Any] = queue.Queue()
+    ref = Inspectable.start(
+        server.url, endpoint=endpoint, inbound=Collector.start(sink), max_queue=8
+    )
+    next_of(sink, WsConnected)
+    for i in range(500):
+        server.send_to_all(f'{{"n": {i}}}')
+    # The owner is stuck in parse(); the receiving thread may only run 8 ahead.
+    inbox = instances[0].actor_inbox
+    for _ in range(20):
+        assert inbox.qsize() <= 8  # type: ignore[attr-defined]
+        threading.Event().wait(0.01)
+    endpoint.release.set()
+    seen = [next_of(sink, WsInbound).message["n"] for _ in range(500)]
+    assert seen == list(range(500))
+    assert ref.is_alive()
+
+
+def test_header_values_are_never_logged(
+    server: WsTestServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG")
+    ref = start(
+        server.url,
+        additional_headers={"Authorization": "Bearer s3cret-token", "X-Api-Key": "k3y-value"},
+    )
+    wait_state(ref, "open")
+    assert ref.ask(WsDelegatedRequest(1, req_frame(1)), timeout=10).confirmed
+    # The server's own log (websockets.server) is the peer's business; ours:
+    client_log = "\n".join(
+        r.getMessage() for r in caplog.records if not r.name.startswith("websockets.server")
+    )
+    assert "Authorization: <redacted>" in client_log  # the line is there, the value is not
+    assert "X-Api-Key: <redacted>" in client_log
+    assert "s3cret-token" not in client_log
+    assert "k3y-value" not in client_log
