@@ -402,7 +402,7 @@ class WebSocketActor(pykka.ThreadingActor):
                 )
             )
         result, entry = self._table.insert_or_join(
-            request_id, request.fingerprint, request.confirm_mode, deadline, request.frame, Deferred
+            request_id, request.join_key, request.confirm_mode, deadline, request.frame, Deferred
         )
         if result is Insert.INSERTED:
             assert entry is not None  # noqa: S101 - for the type checker
@@ -559,7 +559,7 @@ class WebSocketActor(pykka.ThreadingActor):
     # -- inbound ------------------------------------------------------------
 
     def _on_inbound(self, message: Inbound) -> None:
-        message.room.release()
+        message.sink.handled()
         frame = message.frame
         self._frames_in += 1
         self._bytes_in += message.size

@@ -49,19 +49,17 @@ logger = logging.getLogger("pykka_ws")
 class Inbound:
     """A complete inbound message (told by the receiving thread).
 
-    The owner calls ``room.release()`` once it has handled it.
+    The owner calls ``sink.handled()`` once it has handled it.
     """
 
     # One per inbound frame: slots make it cheaper to create.
-    __slots__ = ("frame", "generation", "room", "size")
+    __slots__ = ("frame", "generation", "sink", "size")
 
-    def __init__(
-        self, generation: int, frame: str | bytes, size: int, room: threading.Semaphore
-    ) -> None:
-        self.generation = generation
+    def __init__(self, sink: Sink, frame: str | bytes, size: int) -> None:
+        self.sink = sink
+        self.generation = sink.generation
         self.frame = frame
         self.size = size
-        self.room = room
 
 
 class Closed:
@@ -94,7 +92,7 @@ class OpenFailed:
         self.error = error
 
 
-class _Sink:
+class Sink:
     """Where a connection's events go: the owner, tagged with a generation.
 
     Inbound messages wait until the connector has told the owner `Opened`,
@@ -103,27 +101,36 @@ class _Sink:
     announces right after it.) `Closed` never waits: websockets joins the
     receiving thread when a handshake fails, so waiting there would
     deadlock; the owner handles a `Closed` that overtakes `Opened`.
+
+    Flow control: at most ``max_queue`` inbound messages are told and not
+    yet handled; then the receiving thread stops reading (TCP backpressure
+    instead of an unbounded inbox). ``told`` is written only by the
+    receiving thread and ``done`` only by the owner, so the fast path takes
+    no lock.
     """
 
-    __slots__ = ("announced", "dropped", "generation", "owner", "room")
+    __slots__ = (
+        "announced",
+        "done",
+        "dropped",
+        "generation",
+        "max_queue",
+        "owner",
+        "told",
+        "waiting",
+        "wakeup",
+    )
 
     def __init__(self, owner: ActorRef[Any], generation: int, max_queue: int) -> None:
         self.owner = owner
         self.generation = generation
         self.announced = threading.Event()
-        # Inbound messages told but not yet handled by the owner. When they
-        # reach max_queue the receiving thread stops reading: TCP
-        # backpressure instead of an unbounded inbox.
-        self.room = threading.Semaphore(max_queue)
+        self.max_queue = max_queue
+        self.told = 0
+        self.done = 0
+        self.waiting = False
+        self.wakeup = threading.Event()
         self.dropped = False
-
-    def take_credit(self) -> bool:
-        """Wait for room in the owner's inbox; False once the owner let go."""
-        room = self.room
-        while not room.acquire(timeout=0.05):
-            if self.dropped:
-                return False
-        return True
 
     def tell(self, message: object, *, wait: bool = True) -> None:
         if wait and not self.announced.is_set():
@@ -133,11 +140,34 @@ class _Sink:
         except ActorDeadError:
             pass
 
+    def take_room(self) -> bool:
+        """Wait for room in the owner's inbox; False once the owner let go."""
+        if self.told - self.done >= self.max_queue:
+            wakeup = self.wakeup
+            while True:
+                self.waiting = True
+                wakeup.clear()
+                if self.told - self.done < self.max_queue:
+                    break
+                if self.dropped:
+                    self.waiting = False
+                    return False
+                wakeup.wait(0.05)  # bounded: a missed wakeup costs at most this
+            self.waiting = False
+        self.told += 1
+        return True
+
+    def handled(self) -> None:
+        """Count one inbound message handled (owner thread)."""
+        self.done += 1
+        if self.waiting:
+            self.wakeup.set()
+
 
 class Connection(ClientConnection):
     """websockets' client connection, delivering messages to the owner actor."""
 
-    def __init__(self, *args: Any, sink: _Sink, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, sink: Sink, **kwargs: Any) -> None:
         self._sink = sink
         self._fragments: list[bytes] = []
         self._fragments_text = False
@@ -193,8 +223,8 @@ class Connection(ClientConnection):
         else:
             frame = data
         sink = self._sink
-        if sink.take_credit():
-            sink.tell(Inbound(sink.generation, frame, len(data), sink.room))
+        if sink.take_room():
+            sink.tell(Inbound(sink, frame, len(data)))
 
     def recv_events(self) -> None:
         """Run websockets' receive loop; tell the owner when it ends."""
@@ -274,7 +304,7 @@ def run_connector(
     connect_kwargs: dict[str, Any],
 ) -> None:
     """Open a connection and tell the owner how it went (connector thread)."""
-    sink = _Sink(owner, generation, max_queue)
+    sink = Sink(owner, generation, max_queue)
     try:
         try:
             sock = socket.create_connection((uri.host, uri.port), timeout=open_timeout)
@@ -336,7 +366,7 @@ class RedactingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
 _ALWAYS_SECRET = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
 
 
-def _factory(sink: _Sink) -> Any:
+def _factory(sink: Sink) -> Any:
     def create(*args: Any, **kwargs: Any) -> Connection:
         return Connection(*args, sink=sink, **kwargs)
 

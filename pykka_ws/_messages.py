@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Hashable, Mapping
     from random import Random
 
 __all__ = [
@@ -74,6 +74,9 @@ def frame_digest(frame: Frame) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
+_EXPLICIT = object()
+
+
 class WsConfirmMode(enum.Enum):
     """What a `WsDelegatedRequest` waits for before it succeeds."""
 
@@ -109,7 +112,7 @@ class WsDelegatedRequest:
     """
 
     # Requests are created at request rate; slots make that cheaper.
-    __slots__ = ("confirm_mode", "created_at", "fingerprint", "frame", "request_id", "timeout")
+    __slots__ = ("_fingerprint", "confirm_mode", "created_at", "frame", "request_id", "timeout")
 
     def __init__(
         self,
@@ -123,17 +126,36 @@ class WsDelegatedRequest:
         self.created_at: float = time.monotonic()
         self.request_id: RequestId = check_request_id(request_id)
         self.frame: Frame = check_frame(frame)
-        if fingerprint is None:
-            fingerprint = frame_digest(self.frame)
-        elif isinstance(fingerprint, bool) or not isinstance(fingerprint, str | bytes | int):
+        if fingerprint is not None and (
+            isinstance(fingerprint, bool) or not isinstance(fingerprint, str | bytes | int)
+        ):
             msg = f"fingerprint must be str, bytes or int, not {type(fingerprint).__name__}"
             raise TypeError(msg)
-        self.fingerprint: str | bytes | int = fingerprint
+        self._fingerprint = fingerprint
         if not isinstance(confirm_mode, WsConfirmMode):
             msg = f"confirm_mode must be a WsConfirmMode, not {type(confirm_mode).__name__}"
             raise TypeError(msg)
         self.confirm_mode: WsConfirmMode = confirm_mode
         self.timeout: float | None = None if timeout is None else check_timeout(timeout)
+
+    @property
+    def fingerprint(self) -> str | bytes | int:
+        """The given fingerprint, or a digest of the frame if none was given."""
+        if self._fingerprint is None:
+            return frame_digest(self.frame)
+        return self._fingerprint
+
+    @property
+    def join_key(self) -> Hashable:
+        """What requests with the same id must share to join.
+
+        The frame itself when no fingerprint was given (equal frames, equal
+        digests: comparing them is exact and saves hashing every request),
+        else the fingerprint, tagged so it never equals a frame.
+        """
+        if self._fingerprint is None:
+            return self.frame
+        return (_EXPLICIT, self._fingerprint)
 
     def __repr__(self) -> str:
         return (

@@ -10,7 +10,6 @@ import enum
 import heapq
 import itertools
 import time
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 if TYPE_CHECKING:
@@ -246,7 +245,8 @@ class RecentIds:
         self.max_count = max_count
         self.max_age = max_age
         self.clock = clock
-        self._ended: OrderedDict[RequestId, float] = OrderedDict()
+        # A plain dict keeps insertion order: re-adding an id moves it last.
+        self._ended: dict[RequestId, float] = {}
 
     def __len__(self) -> int:
         return len(self._ended)
@@ -254,10 +254,10 @@ class RecentIds:
     def add(self, request_id: RequestId) -> None:
         """Remember that ``request_id`` ended now."""
         ended = self._ended
+        ended.pop(request_id, None)
         ended[request_id] = self.clock()
-        ended.move_to_end(request_id)
-        while len(ended) > self.max_count:
-            ended.popitem(last=False)
+        if len(ended) > self.max_count:
+            del ended[next(iter(ended))]
 
     def __contains__(self, request_id: object) -> bool:
         ended = self._ended
