@@ -15,16 +15,17 @@ interface, in background threads, with no mocking involved:
   injects faults that need the socket level: a *blackhole* (the peer silently
   died: no FIN, no RST, nothing forwarded) and connection resets.
 
-Everything waits with timeouts: no method of this module blocks forever, and
-:meth:`WsTestServer.stop` / :meth:`FaultProxy.stop` join every thread that the
-helper started, including the per-connection threads of :mod:`websockets`.
-Every such thread is named ``pykka-ws-testing-...``.
+Every wait has a timeout (the one exception is sending to a client that does
+not read, see :meth:`WsTestServer.send_to_all`), and :meth:`WsTestServer.stop`
+/ :meth:`FaultProxy.stop` join every thread that the helper started, including
+the per-connection threads of :mod:`websockets`. Every such thread is named
+``pykka-ws-testing-...``. Both helpers support websockets 15 to 17.
 
 Example::
 
     from websockets.sync.client import connect
 
-    from pykka_ws.testing import WsTestServer
+    from pykka_ws.testing import FaultProxy, WsTestServer
 
     with WsTestServer(reply=lambda frame: frame) as server:  # an echo server
         with connect(server.url, proxy=None) as websocket:
@@ -38,7 +39,8 @@ With a proxy in the middle::
         with FaultProxy(server.host, server.port) as proxy:
             with connect(proxy.url, proxy=None) as websocket:
                 proxy.blackhole()
-                websocket.send("lost")  # never reaches the server
+                websocket.send("held")  # the proxy forwards nothing...
+                server.wait_for_received(1, timeout=0.5)  # ...so: TimeoutError
 
 Diagnostics are logged to the ``pykka_ws.testing`` logger; :mod:`websockets`
 keeps logging to its own loggers (``websockets.server``).
@@ -697,6 +699,29 @@ class WsTestServer:
             TypeError: If ``frame`` is neither :class:`str` nor :class:`bytes`.
         """
         _check_frame(frame)
+        return self._send_to_all(frame, text=None)
+
+    def send_raw_text_to_all(self, payload: bytes) -> int:
+        """Push a text frame carrying ``payload`` as is to every open connection.
+
+        The payload is not validated as UTF-8, which lets tests send text frames
+        with invalid UTF-8 to check how clients handle them.
+
+        Args:
+            payload: The raw payload of the text frame.
+
+        Returns:
+            How many connections the frame was written to.
+
+        Raises:
+            TypeError: If ``payload`` is not :class:`bytes`.
+        """
+        if not isinstance(payload, bytes):
+            msg = f"payload must be bytes, not {type(payload).__name__}"
+            raise TypeError(msg)
+        return self._send_to_all(payload, text=True)
+
+    def _send_to_all(self, frame: Frame, *, text: bool | None) -> int:
         with self._cond:
             run = self._run
             if run is None or run.closing:
@@ -704,7 +729,7 @@ class WsTestServer:
         sent = 0
         for connection in self._open_targets(run):
             try:
-                connection.send(frame)
+                connection.send(frame, text=text)
             except ConnectionClosed:
                 continue
             sent += 1
@@ -1058,9 +1083,10 @@ class FaultProxy:
             TimeoutError: If the proxy thread is still alive after ``timeout``.
         """
         with self._cond:
-            if self._state != "running":
+            if self._state == "new":
                 return
-            self._state = "stopping"
+            if self._state == "running":
+                self._state = "stopping"
             thread = self._thread
         self._wake()
         if thread is not None and thread is not threading.current_thread():
@@ -1072,7 +1098,7 @@ class FaultProxy:
             self._state = "stopped"
             for sock in (self._wake_r, self._wake_w):
                 if sock is not None:
-                    sock.close()
+                    sock.close()  # idempotent
 
     def __enter__(self) -> Self:
         """Start the proxy."""
