@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 from pykka_ws._actor import WebSocketActor
+from pykka_ws._aio import ask_async
 from pykka_ws._endpoint import WsEndpoint
 from pykka_ws._errors import (
     EndpointRejected,
@@ -58,6 +59,7 @@ __all__ = [
     "WsSend",
     "WsSendRefused",
     "WsStats",
+    "ask_async",
 ]
 
 __version__ = "0.1.0"

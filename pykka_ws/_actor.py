@@ -26,6 +26,7 @@ import pykka
 from websockets.exceptions import InvalidURI
 from websockets.uri import parse_uri
 
+from pykka_ws._aio import AsyncAsk
 from pykka_ws._connection import (
     Closed,
     Connection,
@@ -337,6 +338,7 @@ class WebSocketActor(pykka.ThreadingActor):
             OpenFailed: self._on_open_failed,
             Closed: self._on_closed,
             _Reconnect: self._on_reconnect,
+            AsyncAsk: self._on_async_ask,
         }
 
     # -- lifecycle ----------------------------------------------------------
@@ -377,6 +379,14 @@ class WebSocketActor(pykka.ThreadingActor):
             self._internal_errors += 1
             logger.exception("pykka-ws: internal error handling %r", message)
             return self._failed(exc)
+
+    def _on_async_ask(self, message: AsyncAsk) -> None:
+        waiter = message.waiter
+        result = self.on_receive(message.message)
+        if isinstance(result, Deferred):
+            result.add_waiter(waiter)
+        else:
+            waiter.set_now(result)
 
     # -- requests -----------------------------------------------------------
 

@@ -23,7 +23,7 @@ import copy
 import logging
 import sys
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pykka import ThreadingFuture
 
@@ -32,11 +32,21 @@ if TYPE_CHECKING:
 
     from pykka._types import OptExcInfo
 
-__all__ = ["CallbackFuture", "Deferred", "ReplyFuture"]
+__all__ = ["CallbackFuture", "Deferred", "ReplyFuture", "Waiter"]
 
 logger = logging.getLogger("pykka_ws")
 
 _UNSET: Any = object()
+
+
+class Waiter(Protocol):
+    """What a `Deferred` delivers to: a `ReplyFuture`, or an asyncio bridge."""
+
+    def set_now(self, value: Any) -> None:
+        """Deliver a value."""
+
+    def set_exception_now(self, exc_info: OptExcInfo) -> None:
+        """Deliver an exception."""
 
 
 class Deferred:
@@ -54,7 +64,7 @@ class Deferred:
         self._value: Any = _UNSET
         self._error: BaseException | None = None
         # None, one future, or a list of them: zero or one waiter costs no list.
-        self._waiters: ReplyFuture | list[ReplyFuture] | None = None
+        self._waiters: Waiter | list[Waiter] | None = None
 
     @property
     def done(self) -> bool:
@@ -75,7 +85,7 @@ class Deferred:
         self._error = error
         self._notify()
 
-    def add_waiter(self, future: ReplyFuture) -> None:
+    def add_waiter(self, future: Waiter) -> None:
         """Set ``future`` now if resolved, else when resolved."""
         if self.done:
             self._deliver(future, first=True)
@@ -98,7 +108,7 @@ class Deferred:
         else:
             self._deliver(waiters, first=True)
 
-    def _deliver(self, future: ReplyFuture, *, first: bool) -> None:
+    def _deliver(self, future: Waiter, *, first: bool) -> None:
         error = self._error
         try:
             if error is None:
