@@ -607,7 +607,8 @@ class WebSocketActor(pykka.ThreadingActor):
             self._end_sent(entry)
             self._publish(WsLateResponse(request_id, frame))
         elif match.ok:
-            self._end(entry, "confirmed", WsDelegatedOk(request_id, confirmed=True, response=frame))
+            ok = WsDelegatedOk(request_id, True, frame, match.rate_limit_feedback)  # noqa: FBT003
+            self._end(entry, "confirmed", ok)
         else:
             reason = match.message if isinstance(match.message, str) else repr(match.message)
             error = EndpointRejected(
@@ -615,6 +616,7 @@ class WebSocketActor(pykka.ThreadingActor):
                 request_id=request_id,
                 response=frame,
                 reason=reason,
+                rate_limit_feedback=match.rate_limit_feedback,
             )
             self._end(entry, "rejected", error)
         return True
@@ -773,8 +775,10 @@ class WebSocketActor(pykka.ThreadingActor):
         self._connected_since = time.time()
         if message.generation > 1:
             self._reconnects += 1
-        self._publish(WsConnected(self._url, message.generation))
+        # on_open() runs first: a subscriber reacting to WsConnected by
+        # changing the endpoint's state cannot race this connection's frames.
         preamble = self._on_open_frames()
+        self._publish(WsConnected(self._url, message.generation))
         if preamble:
             self._queue.extendleft(reversed(preamble))
             self._queued += len(preamble)
@@ -798,7 +802,7 @@ class WebSocketActor(pykka.ThreadingActor):
         if message.generation != self._generation or self._state != CONNECTING:
             return  # pragma: no cover
         self._early_close = None
-        self._after_disconnect(message.error)
+        self._after_disconnect(message.error, was_open=False)
 
     def _on_closed(self, message: Closed) -> None:
         if message.generation != self._generation:
@@ -845,7 +849,7 @@ class WebSocketActor(pykka.ThreadingActor):
                 self._end_unconfirmed(entry, "its connection was lost with no reply", written=True)
         self._after_disconnect(cause)
 
-    def _after_disconnect(self, cause: BaseException | None) -> None:
+    def _after_disconnect(self, cause: BaseException | None, *, was_open: bool = True) -> None:
         generation = self._generation
         lived = time.monotonic() - self._opened_at if self._opened_at is not None else 0.0
         self._opened_at = None
@@ -853,7 +857,7 @@ class WebSocketActor(pykka.ThreadingActor):
         self._last_error = _describe(cause)
         reconnect = self._call_hook("on_disconnect", cause)
         reconnect = bool(reconnect)
-        self._publish(WsDisconnected(cause, generation, reconnecting=reconnect))
+        self._publish(WsDisconnected(cause, generation, reconnecting=reconnect, was_open=was_open))
         if not reconnect:
             self._state = CLOSED
             logger.warning("pykka-ws: not reconnecting to %s: %s", self._url, self._last_error)

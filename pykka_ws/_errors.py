@@ -92,6 +92,8 @@ class EndpointRejected(WsDelegatedError):
         response: The inbound frame that the endpoint's matcher paired with
             the request.
         message: The matcher's message (`WsRequestMatch.message`).
+        rate_limit_feedback: The matcher's
+            `WsRequestMatch.rate_limit_feedback`, or None.
     """
 
     def __init__(
@@ -101,10 +103,12 @@ class EndpointRejected(WsDelegatedError):
         request_id: RequestId,
         response: str | bytes,
         reason: str,
+        rate_limit_feedback: Any = None,
     ) -> None:
         super().__init__(message, request_id=request_id)
         self.response = response
         self.message = reason
+        self.rate_limit_feedback = rate_limit_feedback
 
 
 class WsSendRefused(Exception):

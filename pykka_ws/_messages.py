@@ -206,11 +206,15 @@ class WsDelegatedOk:
         confirmed: True if the endpoint's reply was seen, False for a request
             in `WsConfirmMode.SENT` that was written.
         response: The reply frame when ``confirmed``, else None.
+        rate_limit_feedback: What the endpoint's matcher said about rate
+            limits (`WsRequestMatch.rate_limit_feedback`), for a limiter in
+            front of the actor; None if it said nothing.
     """
 
     request_id: RequestId
     confirmed: bool
     response: Frame | None = None
+    rate_limit_feedback: Any = None
 
 
 class WsRequestMatch(NamedTuple):
@@ -221,7 +225,9 @@ class WsRequestMatch(NamedTuple):
         ok: True for a success, False for a refusal (`EndpointRejected`).
         message: A human-readable reason, used for refusals.
         rate_limit_feedback: Anything the endpoint says about rate limits;
-            passed on untouched for a limiter in front of the actor.
+            passed on untouched in `WsDelegatedOk.rate_limit_feedback` or
+            `EndpointRejected.rate_limit_feedback`, for a limiter in front
+            of the actor.
     """
 
     request_id: RequestId
@@ -265,11 +271,14 @@ class WsDisconnected:
             the transport error in its ``__cause__``).
         generation: The connection's generation.
         reconnecting: True if the actor will try again.
+        was_open: True if the connection had opened (a lost connection),
+            False if the attempt failed (a refused or failed handshake).
     """
 
     cause: BaseException | None
     generation: int
     reconnecting: bool
+    was_open: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -94,6 +94,33 @@ def test_on_open_frames_go_first_on_every_connection(server: WsTestServer) -> No
     assert stats(ref).reconnects == 1
 
 
+class RecordingOpen(JsonEndpoint):
+    def __init__(self, log: queue.Queue[Any]) -> None:
+        super().__init__()
+        self.log = log
+
+    def on_open(self) -> list[str]:
+        self.log.put("on_open")
+        return []
+
+
+def test_on_open_runs_before_subscribers_hear_of_the_connection(server: WsTestServer) -> None:
+    log: queue.Queue[Any] = queue.Queue()
+    start(server.url, endpoint=RecordingOpen(log), inbound=Collector.start(log))
+    assert log.get(timeout=5) == "on_open"
+    assert isinstance(log.get(timeout=5), WsConnected)
+
+
+def test_lost_connection_is_told_with_was_open(server: WsTestServer) -> None:
+    sink: queue.Queue[Any] = queue.Queue()
+    start(server.url, inbound=Collector.start(sink))
+    next_of(sink, WsConnected)
+    server.close_connections()
+    event = next_of(sink, WsDisconnected)
+    assert event.was_open is True
+    assert event.reconnecting is True
+
+
 def test_server_restart_mid_stream(server: WsTestServer) -> None:
     port = server.port
     sink: queue.Queue[Any] = queue.Queue()
@@ -164,6 +191,7 @@ def test_handshake_refused_with_401_stops_reconnecting_with_a_clear_error(
     ref = start(server.url, inbound=Collector.start(sink))
     event = next_of(sink, WsDisconnected)
     assert event.reconnecting is False
+    assert event.was_open is False
     wait_state(ref, "closed")
     assert "401" in (stats(ref).last_error or "")
     with pytest.raises(NotDelivered, match="will not reconnect"):

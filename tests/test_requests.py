@@ -498,3 +498,20 @@ def test_unknown_message_does_not_kill_the_actor(server: WsTestServer) -> None:
     ref = start(server.url)
     ref.tell("what is this")
     assert ref.ask(WsDelegatedRequest(1, req_frame(1)), timeout=10).confirmed is True
+
+
+class FeedbackMatcher(JsonEndpoint):
+    def match_response(self, frame: str | bytes) -> WsRequestMatch | None:
+        match = super().match_response(frame)
+        return None if match is None else match._replace(rate_limit_feedback={"credits": 42})
+
+
+def test_rate_limit_feedback_reaches_the_caller_on_success_and_refusal(
+    server: WsTestServer,
+) -> None:
+    ref = start(server.url, endpoint=FeedbackMatcher())
+    ok = ref.ask(WsDelegatedRequest(1, req_frame(1)), timeout=10)
+    assert ok.rate_limit_feedback == {"credits": 42}
+    with pytest.raises(EndpointRejected) as info:
+        ref.ask(WsDelegatedRequest(2, req_frame(2, "reject")), timeout=10)
+    assert info.value.rate_limit_feedback == {"credits": 42}
