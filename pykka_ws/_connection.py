@@ -19,12 +19,19 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
+import struct
+import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
 from pykka import ActorDeadError
+from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 from websockets.frames import CloseCode, Opcode
+from websockets.protocol import State
 from websockets.sync.client import ClientConnection, connect
+
+from pykka_ws._writer import DONE, PENDING, STARTED, WriteResult
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -32,6 +39,8 @@ if TYPE_CHECKING:
     from pykka import ActorRef
     from websockets.protocol import Event
     from websockets.uri import WebSocketURI
+
+    from pykka_ws._writer import Claim
 
 __all__ = [
     "Closed",
@@ -44,6 +53,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger("pykka_ws")
+
+WRITE_WINDOW = 64 * 1024
+"""Bytes of frames encoded and handed to one ``send()`` call, about."""
 
 
 class Inbound:
@@ -233,10 +245,100 @@ class Connection(ClientConnection):
         finally:
             cause: BaseException | None
             try:
-                cause = self.close_exc
+                cause = self.protocol.close_exc
+                # websockets >= 17 names the transport error connection_exc,
+                # older versions recv_exc.
+                transport_error = getattr(self, "connection_exc", None) or getattr(
+                    self, "recv_exc", None
+                )
+                if transport_error is not None and transport_error is not cause:
+                    cause.__cause__ = transport_error
             except Exception as exc:  # noqa: BLE001 - the cause is only informative
                 cause = exc
             self._sink.tell(Closed(self._sink.generation, cause), wait=False)
+
+    def write_claims(self, claims: list[Claim], claim_lock: threading.Lock) -> WriteResult:
+        """Write the frames of ``claims`` in order, many per system call.
+
+        Frames are encoded and sent in windows of about `WRITE_WINDOW`
+        bytes. A claim turns STARTED when its frame is encoded (from then on
+        it must be sent: the compression context has moved on) and DONE once
+        every byte of it was accepted by the kernel. A claim the owner
+        cancelled before its window is skipped. On an error the frame being
+        written and the rest of its window stay STARTED (the owner reports
+        them NotDelivered: none of them arrived whole) and later ones stay
+        PENDING; the connection is failed, as websockets does.
+        """
+        frames_out = 0
+        bytes_out = 0
+        error: BaseException | None = None
+        index = 0
+        with self.protocol_mutex:
+            if self.protocol.state is not State.OPEN:
+                error = ConnectionClosedError(None, None)
+            while index < len(claims) and error is None:
+                index, window, ends, data = self._encode_window(claims, index, claim_lock)
+                if not window:
+                    break
+                done, error = self._send_window(data, window, ends)
+                frames_out += done
+                bytes_out += ends[done - 1] if done else 0
+        if error is not None and not isinstance(error, ConnectionClosed):
+            self.close_socket()  # as websockets does after a failed write
+        return WriteResult(frames_out, bytes_out, error)
+
+    def _encode_window(
+        self, claims: list[Claim], index: int, claim_lock: threading.Lock
+    ) -> tuple[int, list[Claim], list[int], bytes]:
+        """Start and encode claims from ``index`` until the window is full."""
+        protocol = self.protocol
+        window: list[Claim] = []
+        ends: list[int] = []
+        chunks: list[bytes] = []
+        buffered = 0
+        with claim_lock:
+            while index < len(claims) and buffered < WRITE_WINDOW:
+                claim = claims[index]
+                index += 1
+                if claim.state != PENDING:
+                    continue  # cancelled by the owner
+                claim.state = STARTED
+                frame = claim.frame
+                if isinstance(frame, str):
+                    protocol.send_text(frame.encode())
+                else:
+                    protocol.send_binary(frame)
+                for data in protocol.data_to_send():
+                    chunks.append(data)
+                    buffered += len(data)
+                window.append(claim)
+                ends.append(buffered)
+        return index, window, ends, b"".join(chunks)
+
+    def _send_window(
+        self, data: bytes, window: list[Claim], ends: list[int]
+    ) -> tuple[int, BaseException | None]:
+        """Send ``data``; mark each claim DONE once its last byte is taken."""
+        sock = self.socket
+        view = memoryview(data)
+        sent = 0
+        done = 0
+        try:
+            while sent < len(data):
+                sent += sock.send(view[sent:])
+                while done < len(window) and ends[done] <= sent:
+                    window[done].state = DONE
+                    done += 1
+        except (BlockingIOError, ssl.SSLWantWriteError) as exc:
+            # SO_SNDTIMEO: no byte moved for write_timeout seconds.
+            error: BaseException = TimeoutError("write timed out: the peer stopped reading")
+            error.__cause__ = exc
+        except Exception as exc:  # noqa: BLE001 - reported, and the connection failed
+            error = exc
+        else:
+            return done, None
+        _set_transport_error(self, error)
+        return done, error
 
     def drop(self) -> None:
         """Stop delivering to the owner (it is stopping): never block on it."""
@@ -256,6 +358,22 @@ class Connection(ClientConnection):
         for thread in (self.recv_events_thread, self.keepalive_thread):
             if thread is not None and thread is not threading.current_thread():
                 thread.join()
+
+
+def set_write_timeout(sock: socket.socket, seconds: float) -> None:
+    """Bound how long a send may make no progress, without touching reads.
+
+    ``SO_SNDTIMEO`` fails a blocking send that moved no byte for ``seconds``
+    (a peer that stopped reading), while a slow but moving transfer goes on.
+    ``settimeout()`` would bound reads too (websockets before 17 blocks in
+    ``recv()`` on an idle connection) and cut a large frame on a slow link.
+    """
+    if sys.platform == "win32":  # a DWORD of milliseconds
+        value = struct.pack("I", max(1, int(seconds * 1000)))
+    else:  # a struct timeval
+        whole = int(seconds)
+        value = struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
 
 
 class ConnectorSlot:
@@ -308,6 +426,9 @@ def run_connector(
     try:
         try:
             sock = socket.create_connection((uri.host, uri.port), timeout=open_timeout)
+            # Blocking mode from here: websockets bounds the TLS and WebSocket
+            # handshakes itself, and sends are bounded by SO_SNDTIMEO below.
+            sock.settimeout(None)
             with slot.lock:
                 slot.sock = sock
                 if slot.cancelled:
@@ -321,10 +442,8 @@ def run_connector(
                 create_connection=_factory(sink),
                 **connect_kwargs,
             )
-            # Bound every sendall: a peer that stops reading cannot block
-            # the writer for longer than write_timeout. Reads are not
-            # affected: websockets only calls recv() when select() says so.
-            connection.socket.settimeout(write_timeout)
+            if write_timeout is not None:
+                set_write_timeout(connection.socket, write_timeout)
             with slot.lock:
                 cancelled = slot.cancelled
                 if not cancelled:
@@ -364,6 +483,15 @@ class RedactingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
 
 
 _ALWAYS_SECRET = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
+
+
+def _set_transport_error(connection: ClientConnection, exc: BaseException) -> None:
+    # websockets >= 17: set_connection_exc(); 15 and 16: set_recv_exc().
+    setter = getattr(connection, "set_connection_exc", None) or getattr(
+        connection, "set_recv_exc", None
+    )
+    if setter is not None:
+        setter(exc)
 
 
 def _factory(sink: Sink) -> Any:

@@ -311,7 +311,7 @@ class WsStats:
         frames_in: Frames received.
         frames_out: Frames written.
         bytes_in: Payload bytes received (text counted as UTF-8).
-        bytes_out: Payload bytes written.
+        bytes_out: Bytes written to the socket, WebSocket framing included.
         outcomes: Outcome name to count: ``confirmed``, ``sent``,
             ``rejected``, ``not_delivered``, ``unconfirmed``,
             ``payload_mismatch``, ``too_many_pending``.

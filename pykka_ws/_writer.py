@@ -24,7 +24,7 @@ from pykka_ws._futures import CallbackFuture
 if TYPE_CHECKING:
     import threading
 
-    from websockets.sync.client import ClientConnection
+    from pykka_ws._connection import Connection
 
 __all__ = [
     "CANCELLED",
@@ -59,7 +59,7 @@ class WriteBatch:
 
     __slots__ = ("claims", "connection", "generation")
 
-    def __init__(self, connection: ClientConnection, generation: int, claims: list[Claim]) -> None:
+    def __init__(self, connection: Connection, generation: int, claims: list[Claim]) -> None:
         self.connection = connection
         self.generation = generation
         self.claims = claims
@@ -98,21 +98,4 @@ class WsWriter(pykka.ThreadingActor):
         return super().on_receive(message)
 
     def _write(self, batch: WriteBatch) -> WriteResult:
-        lock = self._claim_lock
-        send = batch.connection.send
-        frames = 0
-        size = 0
-        for claim in batch.claims:
-            with lock:
-                if claim.state != PENDING:
-                    continue
-                claim.state = STARTED
-            frame = claim.frame
-            try:
-                send(frame)
-            except Exception as exc:  # noqa: BLE001 - the owner classifies it
-                return WriteResult(frames, size, exc)
-            claim.state = DONE
-            frames += 1
-            size += len(frame) if isinstance(frame, bytes) else len(frame.encode())
-        return WriteResult(frames, size, None)
+        return batch.connection.write_claims(batch.claims, self._claim_lock)

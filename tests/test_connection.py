@@ -229,7 +229,7 @@ def test_peer_that_stops_reading_fails_only_the_writer_and_is_replaced(
         wait_state(ref, "open")
         proxy.blackhole()
         big = [
-            ref.ask(WsDelegatedRequest(i, req_frame(i, pad="x" * 2**20)), block=False)
+            ref.ask(WsDelegatedRequest(i, req_frame(i, pad="x" * 2**19)), block=False)
             for i in range(40)
         ]
         # The owner keeps answering while the writer is stuck.
@@ -243,13 +243,14 @@ def test_peer_that_stops_reading_fails_only_the_writer_and_is_replaced(
             except WsDelegatedError as error:
                 outcomes[i] = error
         assert any(isinstance(e, NotDelivered) for e in outcomes.values())
+        assert "write timed out" in (stats(ref).last_error or "")
         proxy.restore()
         wait_state(ref, "open", timeout=10)
         assert ref.ask(WsDelegatedRequest("x", req_frame("x")), timeout=10).confirmed
         received_ids = set(server.received)
         for i, error in outcomes.items():
             if isinstance(error, NotDelivered):
-                assert req_frame(i, pad="x" * 2**20) not in received_ids
+                assert req_frame(i, pad="x" * 2**19) not in received_ids
     finally:
         pykka.ActorRegistry.stop_all()
         proxy.stop()

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from typing import Any
 
 import pykka
 import pytest
 from pytest_mock import MockerFixture
-from websockets.exceptions import ConnectionClosedError
-from websockets.frames import Close
 
 from pykka_ws import (
     EndpointRejected,
@@ -29,7 +28,6 @@ from pykka_ws import (
     WsSendRefused,
     WsStats,
 )
-from pykka_ws._connection import Connection
 from pykka_ws._writer import WsWriter
 from pykka_ws.testing import FaultProxy, WsTestServer
 
@@ -109,14 +107,19 @@ def test_request_to_a_server_that_is_gone_is_not_delivered(server: WsTestServer)
 def test_write_that_raises_is_not_delivered_at_once(
     server: WsTestServer, mocker: MockerFixture
 ) -> None:
-    # A mock is the only way to make send() itself fail on a healthy socket.
+    # A mock is the only way to make the socket's send() fail on a healthy
+    # connection. Only the client writes with socket.send(); websockets'
+    # server writes with sendall().
     ref = start(server.url)
-    error = ConnectionClosedError(None, Close(1011, "boom"))
-    mocker.patch.object(Connection, "send", side_effect=error)
+    error = BrokenPipeError(32, "Broken pipe")
+    mocker.patch.object(socket.socket, "send", side_effect=error)
     with pytest.raises(NotDelivered) as info:
         ref.ask(WsDelegatedRequest(6, req_frame(6), timeout=5.0), timeout=2.0)
     assert info.value.__cause__ is error
     assert server.received == []
+    mocker.stopall()
+    wait_until(lambda: stats(ref).reconnects == 1, 5.0, "the failed connection's replacement")
+    assert ref.ask(WsDelegatedRequest(7, req_frame(7)), timeout=10).confirmed
 
 
 def test_expired_request_is_not_delivered_before_reaching_the_actor(server: WsTestServer) -> None:
