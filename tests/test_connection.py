@@ -478,3 +478,29 @@ def test_header_values_are_never_logged(
     assert "X-Api-Key: <redacted>" in client_log
     assert "s3cret-token" not in client_log
     assert "k3y-value" not in client_log
+
+
+def test_backoff_resets_only_after_a_connection_that_stayed_up(server: WsTestServer) -> None:
+    instances: list[WebSocketActor] = []
+
+    class Inspectable(WebSocketActor):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            instances.append(self)
+
+    backoff = WsBackoff(initial=0.01, factor=2.0, cap=0.05, reset_after=0.3)
+    ref = Inspectable.start(server.url, endpoint=JsonEndpoint(), backoff=backoff)
+    wait_state(ref, "open")
+    # Short-lived connections: the attempt counter keeps growing.
+    server.set_accept_and_close(True)
+    server.close_connections()
+    wait_until(lambda: server.connections_accepted >= 5, 10.0, "several short connections")
+    assert instances[0]._attempt >= 4
+    # A connection that stays up past reset_after resets it.
+    server.set_accept_and_close(False)
+    wait_state(ref, "open", timeout=10.0)
+    opened = time.monotonic()
+    wait_until(lambda: time.monotonic() - opened > 0.4, 5.0, "reset_after to pass")
+    server.close_connections()
+    wait_until(lambda: stats(ref).state != "open", 5.0, "the close")
+    assert instances[0]._attempt == 1
