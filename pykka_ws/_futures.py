@@ -21,18 +21,19 @@ from __future__ import annotations
 
 import copy
 import logging
+import queue
 import sys
 import threading
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pykka import ThreadingFuture
+import pykka
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from pykka._types import OptExcInfo
 
-__all__ = ["CallbackFuture", "Deferred", "ReplyFuture", "Waiter"]
+__all__ = ["CallbackFuture", "Deferred", "LightFuture", "ReplyFuture", "Waiter"]
 
 logger = logging.getLogger("pykka_ws")
 
@@ -122,31 +123,104 @@ class Deferred:
             logger.exception("pykka-ws could not deliver a reply")
 
 
-class ReplyFuture(ThreadingFuture[Any]):
-    """The owner actor's future: follows a `Deferred` set on it.
+class LightFuture(pykka.Future[Any]):
+    """A `pykka.Future` for threads, built on one lock instead of a Condition.
 
-    pykka builds futures of this class with no arguments (``stop()``,
-    ``map()``, ``join()``) and may call ``set_exception()`` with no argument;
-    both work as for `pykka.ThreadingFuture`.
+    pykka's `ThreadingFuture` makes a `threading.Condition` per future (a
+    lock, a deque and bound methods: about 1.4 KB and a few microseconds).
+    One future is made per ``ask``, so this one holds a single lock, taken
+    at creation and released when the value is set: waiters block on it.
+    It behaves as `ThreadingFuture`: built with no arguments, ``get`` with
+    a timeout raises `pykka.Timeout`, ``set_exception()`` with no argument
+    takes `sys.exc_info`, setting twice raises `queue.Full`, get hooks work
+    (``map``, ``join``, ``filter``, ``reduce``).
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._ready = threading.Lock()
+        self._ready.acquire()
+        self._value: Any = _UNSET
+        self._exc_info: OptExcInfo | None = None
+        self._released = False
+
+    def get(self, *, timeout: float | None = None) -> Any:
+        """Wait for the value and return it, or raise the exception set."""
+        try:
+            return super().get(timeout=timeout)  # a get hook, if one is set
+        except NotImplementedError:
+            pass
+        if not self._released:
+            wait = -1.0 if timeout is None else min(max(timeout, 0.0), threading.TIMEOUT_MAX)
+            if not self._ready.acquire(timeout=wait):
+                msg = f"{timeout} seconds"
+                raise pykka.Timeout(msg)
+            self._ready.release()
+            try:
+                return super().get(timeout=timeout)  # a hook set meanwhile
+            except NotImplementedError:
+                pass
+        exc_info = self._exc_info
+        if exc_info is not None:
+            exc_type, exc_value, traceback = exc_info
+            if exc_value is None:
+                assert exc_type is not None  # noqa: S101 - as in pykka
+                exc_value = exc_type()
+            if exc_value.__traceback__ is not traceback:
+                raise exc_value.with_traceback(traceback)
+            raise exc_value
+        return self._value
+
+    def set(self, value: Any | None = None) -> None:
+        """Set the value and wake every waiter."""
+        self._settle(value, None)
+
+    def set_exception(self, exc_info: OptExcInfo | None = None) -> None:
+        """Set an exception (default: the one being handled) and wake waiters."""
+        if exc_info is None:
+            exc_info = sys.exc_info()
+        self._settle(None, exc_info)
+
+    def set_get_hook(self, func: Any) -> None:
+        """Make ``get`` return ``func(timeout)``; wakes any waiter."""
+        if self._value is not _UNSET or self._exc_info is not None:
+            raise queue.Full
+        super().set_get_hook(func)
+        self._release()
+
+    def _settle(self, value: Any, exc_info: OptExcInfo | None) -> None:
+        if self._released:
+            raise queue.Full
+        self._value = value
+        self._exc_info = exc_info
+        self._release()
+
+    def _release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._ready.release()
+
+
+class ReplyFuture(LightFuture):
+    """The owner actor's future: follows a `Deferred` set on it."""
 
     def set(self, value: Any | None = None) -> None:
         """Follow ``value`` if it is a `Deferred`, else set it."""
         if isinstance(value, Deferred):
             value.add_waiter(self)
         else:
-            super().set(value)
+            self._settle(value, None)
 
     def set_now(self, value: Any) -> None:
         """Set the value, bypassing the deferred check."""
-        super().set(value)
+        self._settle(value, None)
 
     def set_exception_now(self, exc_info: OptExcInfo) -> None:
         """Set an exception (for symmetry with `set_now`)."""
-        super().set_exception(exc_info)
+        self._settle(None, exc_info)
 
 
-class CallbackFuture(ThreadingFuture[Any]):
+class CallbackFuture(LightFuture):
     """The writer actor's future: runs a callback when set.
 
     The callback runs on the thread that sets the future (the writer's) or,
@@ -170,24 +244,13 @@ class CallbackFuture(ThreadingFuture[Any]):
                 return
         _run_callback(callback, outcome)
 
-    def set(self, value: Any | None = None) -> None:
-        """Set the value and run the callback."""
-        super().set(value)
-        self._done((value, None))
-
-    def set_exception(self, exc_info: OptExcInfo | None = None) -> None:
-        """Set the exception and run the callback."""
-        if exc_info is None:
-            exc_info = sys.exc_info()
-        super().set_exception(exc_info)
-        error = exc_info[1]
-        if error is None:
-            error = RuntimeError("the writer failed without an exception")
-        self._done((None, error))
-
-    def _done(self, outcome: tuple[Any, BaseException | None]) -> None:
+    def _settle(self, value: Any, exc_info: OptExcInfo | None) -> None:
+        super()._settle(value, exc_info)
+        error = None
+        if exc_info is not None:
+            error = exc_info[1] or RuntimeError("the writer failed without an exception")
         with self._lock:
-            self._outcome = outcome
+            self._outcome = outcome = (value, error)
             callback, self._callback = self._callback, None
         if callback is not None:
             _run_callback(callback, outcome)

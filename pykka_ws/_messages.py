@@ -38,8 +38,16 @@ RequestId = int | str
 
 
 def check_frame(frame: object, name: str = "frame") -> Frame:
-    """Return ``frame`` if it is a `str` or `bytes`, else raise `TypeError`."""
-    if isinstance(frame, str | bytes):
+    """Return ``frame`` if it is `bytes` or a `str` that UTF-8 can encode, else raise."""
+    if isinstance(frame, bytes):
+        return frame
+    if isinstance(frame, str):
+        if not frame.isascii():
+            try:
+                frame.encode()
+            except UnicodeEncodeError as exc:
+                msg = f"{name} is not valid Unicode (a text frame is sent as UTF-8): {exc}"
+                raise ValueError(msg) from None
         return frame
     msg = f"{name} must be str (text frame) or bytes (binary frame), not {type(frame).__name__}"
     raise TypeError(msg)
@@ -61,7 +69,10 @@ def check_timeout(timeout: object, name: str = "timeout") -> float:
     if isinstance(timeout, bool) or not isinstance(timeout, int | float):
         msg = f"{name} must be a number of seconds, not {type(timeout).__name__}"
         raise TypeError(msg)
-    value = float(timeout)
+    try:
+        value = float(timeout)
+    except OverflowError:  # an int too large for a float
+        value = math.inf
     if not math.isfinite(value) or value <= 0:
         msg = f"{name} must be finite and > 0, not {timeout!r}"
         raise ValueError(msg)

@@ -25,6 +25,7 @@ __all__ = ["SCHEDULER", "Scheduler", "TimerHandle"]
 logger = logging.getLogger("pykka_ws")
 
 _THREAD_NAME = "pykka-ws-scheduler"
+_MAX_WAIT = 3600.0
 
 
 class TimerHandle:
@@ -115,7 +116,9 @@ class Scheduler:
                         continue
                     delay = heap[0][0] - self._clock()
                     if delay > 0:
-                        cond.wait(delay)
+                        # A far deadline (a huge timeout) must not overflow
+                        # the wait: wake up now and then and look again.
+                        cond.wait(min(delay, _MAX_WAIT))
                         continue
                     now = self._clock()
                     while heap and heap[0][0] <= now:
