@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import random
+import ssl as ssl_module
 import threading
 import time
 from collections import deque
@@ -77,7 +78,6 @@ from pykka_ws._writer import (
 )
 
 if TYPE_CHECKING:
-    import ssl as ssl_module
     from collections.abc import Iterable, Mapping
 
     from pykka_ws._messages import Frame
@@ -102,6 +102,10 @@ _OUTCOMES = (
     "payload_mismatch",
     "too_many_pending",
 )
+
+
+_TRY_NOW_MAX_FRAMES = 4
+"""Batches this small are first written by the owner, without blocking."""
 
 
 class _SendItem:
@@ -267,6 +271,9 @@ class WebSocketActor(pykka.ThreadingActor):
         if max_size is not None:
             max_size = _check_count(max_size, "max_size")
         self._max_queue = _check_count(max_queue, "max_queue")
+        if ssl is not None and not isinstance(ssl, ssl_module.SSLContext):
+            msg = f"ssl must be an ssl.SSLContext, not {type(ssl).__name__}"
+            raise TypeError(msg)
         if ssl is not None and not self._uri.secure:
             msg = "ssl is only valid with a wss:// URL"
             raise ValueError(msg)
@@ -669,6 +676,16 @@ class WebSocketActor(pykka.ThreadingActor):
             return
         batch = WriteBatch(connection, generation, claims)
         self._inflight = (batch, items)
+        if len(claims) <= _TRY_NOW_MAX_FRAMES and self.actor_inbox.empty():
+            # A few frames, an idle writer and nothing else to do: try a
+            # non-blocking write here, saving two thread hops. Under load
+            # (more messages waiting) the writer batches instead. Whatever
+            # would block goes on to the writer (which then owns websockets'
+            # lock until it is done).
+            result = connection.try_write_now(batch, self._claim_lock)
+            if result is not None:
+                self._on_write_done(_WriteDone(batch, result))
+                return
         assert self._writer is not None  # noqa: S101
         future = cast("CallbackFuture", self._writer.ask(batch, block=False))
         owner = self.actor_ref
@@ -856,7 +873,9 @@ class WebSocketActor(pykka.ThreadingActor):
         self._connected_since = None
         self._last_error = _describe(cause)
         reconnect = self._call_hook("on_disconnect", cause)
-        reconnect = bool(reconnect)
+        if not isinstance(reconnect, bool):
+            self._hook_garbage("on_disconnect", reconnect)
+            reconnect = WsEndpoint.on_disconnect(self._endpoint, cause)
         self._publish(WsDisconnected(cause, generation, reconnecting=reconnect, was_open=was_open))
         if not reconnect:
             self._state = CLOSED

@@ -31,7 +31,7 @@ from websockets.frames import CloseCode, Opcode
 from websockets.protocol import State
 from websockets.sync.client import ClientConnection, connect
 
-from pykka_ws._writer import DONE, PENDING, STARTED, WriteResult
+from pykka_ws._writer import DONE, PENDING, STARTED, Held, WriteResult
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from websockets.protocol import Event
     from websockets.uri import WebSocketURI
 
-    from pykka_ws._writer import Claim
+    from pykka_ws._writer import Claim, WriteBatch
 
 __all__ = [
     "Closed",
@@ -53,6 +53,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger("pykka_ws")
+
+_MSG_DONTWAIT: int = getattr(socket, "MSG_DONTWAIT", 0)
+_CAN_TRY_NOW = _MSG_DONTWAIT != 0
 
 WRITE_WINDOW = 64 * 1024
 """Bytes of frames encoded and handed to one ``send()`` call, about."""
@@ -257,8 +260,8 @@ class Connection(ClientConnection):
                 cause = exc
             self._sink.tell(Closed(self._sink.generation, cause), wait=False)
 
-    def write_claims(self, claims: list[Claim], claim_lock: threading.Lock) -> WriteResult:
-        """Write the frames of ``claims`` in order, many per system call.
+    def write_claims(self, batch: WriteBatch, claim_lock: threading.Lock) -> WriteResult:
+        """Write the frames of a batch in order, many per system call (writer).
 
         Frames are encoded and sent in windows of about `WRITE_WINDOW`
         bytes. A claim turns STARTED when its frame is encoded (from then on
@@ -268,14 +271,27 @@ class Connection(ClientConnection):
         written and the rest of its window stay STARTED (the owner reports
         them NotDelivered: none of them arrived whole) and later ones stay
         PENDING; the connection is failed, as websockets does.
+
+        If the owner already wrote part of the batch (``batch.held``), the
+        protocol lock is held on our behalf: the rest is sent first, then
+        the lock is released.
         """
+        claims = batch.claims
+        held = batch.held
         frames_out = 0
         bytes_out = 0
         error: BaseException | None = None
         index = 0
-        with self.protocol_mutex:
+        if held is None:
+            self.protocol_mutex.acquire()
             if self.protocol.state is not State.OPEN:
                 error = ConnectionClosedError(None, None)
+        else:
+            frames_out, bytes_out, index = held.frames_out, held.bytes_out, held.next_index
+            done, error = self._send_window(held.data, held.window, held.ends)
+            frames_out += done
+            bytes_out += held.ends[done - 1] if done else 0
+        try:
             while index < len(claims) and error is None:
                 index, window, ends, data = self._encode_window(claims, index, claim_lock)
                 if not window:
@@ -283,9 +299,55 @@ class Connection(ClientConnection):
                 done, error = self._send_window(data, window, ends)
                 frames_out += done
                 bytes_out += ends[done - 1] if done else 0
+        finally:
+            self.protocol_mutex.release()
         if error is not None and not isinstance(error, ConnectionClosed):
             self.close_socket()  # as websockets does after a failed write
         return WriteResult(frames_out, bytes_out, error)
+
+    def try_write_now(self, batch: WriteBatch, claim_lock: threading.Lock) -> WriteResult | None:
+        """Write a batch without blocking, from the owner's thread.
+
+        Returns the result if the whole batch was written (or failed), or
+        None if the writer must take over: websockets' lock was busy (the
+        batch is untouched), or the kernel took only part of the bytes (the
+        rest is in ``batch.held`` and the lock stays held for the writer).
+        TLS connections and platforms without ``MSG_DONTWAIT`` always
+        return None.
+        """
+        if not _CAN_TRY_NOW or isinstance(self.socket, ssl.SSLSocket):
+            return None
+        if not self.protocol_mutex.acquire(blocking=False):
+            return None
+        if self.protocol.state is not State.OPEN:
+            self.protocol_mutex.release()
+            return None
+        claims = batch.claims
+        index, window, ends, data = self._encode_window(claims, 0, claim_lock)
+        sent = 0
+        error: BaseException | None = None
+        try:
+            sent = self.socket.send(data, _MSG_DONTWAIT)
+        except BlockingIOError:
+            sent = 0
+        except Exception as exc:  # noqa: BLE001 - reported, and the connection failed
+            error = exc
+            _set_transport_error(self, exc)
+        done = 0
+        while done < len(window) and ends[done] <= sent:
+            window[done].state = DONE
+            done += 1
+        bytes_out = ends[done - 1] if done else 0
+        if error is not None or (sent == len(data) and index == len(claims)):
+            self.protocol_mutex.release()
+            if error is not None:
+                self.close_socket()
+            return WriteResult(done, bytes_out, error)
+        # Partly written: the writer sends the rest before anything else can
+        # be written, so the lock stays held until it has.
+        rest = [end - sent for end in ends[done:]]
+        batch.held = Held(data[sent:], window[done:], rest, index, done, bytes_out)
+        return None
 
     def _encode_window(
         self, claims: list[Claim], index: int, claim_lock: threading.Lock

@@ -55,14 +55,43 @@ class Claim:
 
 
 class WriteBatch:
-    """Frames to write, in order, on one connection."""
+    """Frames to write, in order, on one connection.
 
-    __slots__ = ("claims", "connection", "generation")
+    ``held`` is set when the owner wrote part of the batch without blocking
+    and hands the rest over: the encoded bytes still to send, the claims
+    they finish, and websockets' protocol lock, which the owner left held
+    so nothing can be written between; the writer releases it.
+    """
+
+    __slots__ = ("claims", "connection", "generation", "held")
 
     def __init__(self, connection: Connection, generation: int, claims: list[Claim]) -> None:
         self.connection = connection
         self.generation = generation
         self.claims = claims
+        self.held: Held | None = None
+
+
+class Held:
+    """Encoded bytes the owner could not send without blocking."""
+
+    __slots__ = ("bytes_out", "data", "ends", "frames_out", "next_index", "window")
+
+    def __init__(
+        self,
+        data: bytes,
+        window: list[Claim],
+        ends: list[int],
+        next_index: int,
+        frames_out: int,
+        bytes_out: int,
+    ) -> None:
+        self.data = data
+        self.window = window
+        self.ends = ends
+        self.next_index = next_index
+        self.frames_out = frames_out
+        self.bytes_out = bytes_out
 
 
 class WriteResult:
@@ -98,4 +127,4 @@ class WsWriter(pykka.ThreadingActor):
         return super().on_receive(message)
 
     def _write(self, batch: WriteBatch) -> WriteResult:
-        return batch.connection.write_claims(batch.claims, self._claim_lock)
+        return batch.connection.write_claims(batch, self._claim_lock)

@@ -484,7 +484,8 @@ def test_stop_all_stops_the_owner_and_its_writer(server: WsTestServer) -> None:
         ({"ping_interval": 0}, ValueError),
         ({"max_size": 0}, ValueError),
         ({"compression": "zstd"}, ValueError),
-        ({"ssl": object()}, ValueError),
+        ({"ssl": object()}, TypeError),
+        ({"url": "wss://127.0.0.1:9", "ssl": False}, TypeError),
     ],
 )
 def test_bad_start_arguments_raise_in_the_caller_and_start_nothing(
