@@ -92,6 +92,7 @@ class Config:
     timer_timeout: float = 3.0
     timer_rounds: int = 3
     timer_waiters: int = 4
+    timer_probes: int = 200
     connections: int = 200
     conn_seconds: float = 2.0
     conn_rounds: int = 3
@@ -112,6 +113,7 @@ QUICK = Config(
     timer_requests=2000,
     timer_timeout=1.0,
     timer_rounds=1,
+    timer_probes=50,
     connections=40,
     conn_seconds=0.5,
     conn_rounds=2,
@@ -768,6 +770,68 @@ def timer_round(
     }
 
 
+def timer_probe_round(
+    ctx: Context, n: int, probes: int, every: float, timeout: float
+) -> dict[str, Any]:
+    """Timer precision with ``n`` requests pending: how late short probes expire.
+
+    ``n`` silent requests with a long deadline fill the table; then a probe
+    with a short ``timeout`` is asked every ``every`` seconds, and a waiter
+    thread records how late each probe's ``Unconfirmed`` is seen. This is
+    the scheduler's precision at that table size, apart from the cost of
+    expiring many requests at once (the bulk figure above).
+    """
+    ref = start_actor(ctx.url, max_pending_requests=n + probes + 16, outbound_capacity=n + 16)
+    feed: queue.SimpleQueue[tuple[Any, float] | None] = queue.SimpleQueue()
+    late: list[float] = []
+
+    def wait() -> None:
+        while (item := feed.get(timeout=60)) is not None:
+            future, deadline = item
+            try:
+                future.get(timeout=60)
+            except WsDelegatedError:
+                pass
+            late.append(time.monotonic() - deadline)
+
+    waiter = threading.Thread(target=wait, name="bench-probe-waiter")
+    try:
+        background = [
+            ref.ask(
+                WsDelegatedRequest(i, request_frame(i, silent=True), timeout=120.0), block=False
+            )
+            for i in (ctx.next_id() for _ in range(n))
+        ]
+        pending = ref.ask(WsGetStats()).pending
+        waiter.start()
+        tick = time.monotonic()
+        for _ in range(probes):
+            request_id = ctx.next_id()
+            request = WsDelegatedRequest(
+                request_id, request_frame(request_id, silent=True), timeout=timeout
+            )
+            feed.put((ref.ask(request, block=False), request.created_at + timeout))
+            tick += every
+            _PAUSE.wait(max(0.0, tick - time.monotonic()))
+        feed.put(None)
+        waiter.join(60)
+    finally:
+        ref.stop()
+    for future in background:
+        try:
+            future.get(timeout=10)
+        except WsDelegatedError:
+            pass
+    late_ms = [d * 1000 for d in late]
+    return {
+        "pending": pending,
+        "probes": len(late),
+        "p50_ms": percentile(late_ms, 50),
+        "p99_ms": percentile(late_ms, 99),
+        "max_ms": max(late_ms),
+    }
+
+
 def pending_memory(ctx: Context, n: int) -> float:
     """Bytes traced per pending request in the whole process: actor state and caller future.
 
@@ -826,6 +890,7 @@ def bench_timer(ctx: Context) -> Section:
         _collect()
     finally:
         ref.stop()
+    probe = timer_probe_round(ctx, n, probes=cfg.timer_probes, every=0.01, timeout=0.1)
     memory = pending_memory(ctx, n)
     p99 = median([r["p99_ms"] for r in rounds])
     kinds: dict[str, int] = {}
@@ -834,9 +899,22 @@ def bench_timer(ctx: Context) -> Section:
             kinds[kind] = kinds.get(kind, 0) + count
     section = Section("timer", f"4. timer precision ({n:,} pending, silent server)", b_label="")
     section.rows = [
-        Row("lateness p50", median([r["p50_ms"] for r in rounds]), unit="ms"),
-        Row("lateness p99", p99, unit="ms", target="< 20 ms", met=check(p99, "<", 20)),
-        Row("lateness max", median([r["max_ms"] for r in rounds]), unit="ms"),
+        Row(f"probe lateness p50 ({probe['pending']:,} pending)", probe["p50_ms"], unit="ms"),
+        Row(
+            f"probe lateness p99 ({probe['pending']:,} pending)",
+            probe["p99_ms"],
+            unit="ms",
+            target="< 20 ms",
+            met=check(probe["p99_ms"], "<", 20),
+        ),
+        Row("probe lateness max", probe["max_ms"], unit="ms"),
+        Row(
+            "bulk: all expire at once, lateness p50",
+            median([r["p50_ms"] for r in rounds]),
+            unit="ms",
+        ),
+        Row("bulk: lateness p99", p99, unit="ms"),
+        Row("bulk: lateness max", median([r["max_ms"] for r in rounds]), unit="ms"),
         Row("GC pauses per round, total", median([r["gc_total_ms"] for r in rounds]), unit="ms"),
         Row("GC longest pause", median([r["gc_longest_ms"] for r in rounds]), unit="ms"),
         Row("lateness p99, GC off (diagnostic)", gc_off["p99_ms"], unit="ms"),
@@ -845,6 +923,15 @@ def bench_timer(ctx: Context) -> Section:
     ]
     early = sum(r["early"] for r in rounds)
     section.notes = [
+        (
+            f"probe: {probe['probes']} requests (timeout 0.1 s, one every 10 ms) while "
+            f"{probe['pending']:,} others wait for a 120 s deadline; the target applies here"
+        ),
+        (
+            f"bulk: {n:,} requests submitted in one burst all expire within the submit time; "
+            "lateness then measures expiry throughput (owner CPU per expiry, waiter wake-ups, "
+            "GC pauses), not the timer"
+        ),
         (
             f"{cfg.timer_rounds} round(s), +1 with the garbage collector off; timeout "
             f"{timeout:g} s from creation; {cfg.timer_waiters} waiter threads call get() "
@@ -861,7 +948,12 @@ def bench_timer(ctx: Context) -> Section:
             "pending (actor state and the caller's future; frame and id excluded)"
         ),
     ]
-    section.rounds = {"rounds": rounds, "gc_off": gc_off, "traced_bytes_per_request": memory}
+    section.rounds = {
+        "rounds": rounds,
+        "gc_off": gc_off,
+        "probe": probe,
+        "traced_bytes_per_request": memory,
+    }
     return section
 
 

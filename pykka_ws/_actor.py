@@ -330,6 +330,7 @@ class WebSocketActor(pykka.ThreadingActor):
         self._bytes_out = 0
         self._outcomes = dict.fromkeys(_OUTCOMES, 0)
         self._sends_refused = 0
+        self._refusing = False
         self._hook_errors = 0
         self._internal_errors = 0
         self._last_error: str | None = None
@@ -465,12 +466,20 @@ class WebSocketActor(pykka.ThreadingActor):
     def _on_send(self, message: WsSend) -> Deferred | None:
         if self._queued >= self._capacity:
             self._sends_refused += 1
+            if not self._refusing:  # a tell's refusal is silent otherwise: say it once
+                self._refusing = True
+                logger.warning(
+                    "pykka-ws: outbound queue full (outbound_capacity=%d): refusing WsSend "
+                    "frames until it drains; see WsStats.sends_refused",
+                    self._capacity,
+                )
             return self._failed(
                 WsSendRefused(
                     f"the outbound queue is full (outbound_capacity={self._capacity})",
                     capacity=self._capacity,
                 )
             )
+        self._refusing = False
         self._queue.append(_SendItem(message.frame))
         self._queued += 1
         if self._inflight is None:

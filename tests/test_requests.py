@@ -295,7 +295,7 @@ def test_sends_and_requests_reach_the_server_in_the_order_given(server: WsTestSe
 
 
 def test_send_beyond_outbound_capacity_is_refused_and_request_not_delivered(
-    server: WsTestServer,
+    server: WsTestServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     proxy = FaultProxy("127.0.0.1", server.port).start()
     try:
@@ -311,9 +311,11 @@ def test_send_beyond_outbound_capacity_is_refused_and_request_not_delivered(
         with pytest.raises(WsSendRefused) as info:
             ref.ask(WsSend("c"), timeout=10)
         assert info.value.capacity == 2
+        ref.tell(WsSend("d"))  # refused too, silently for a tell: logged once, counted
+        assert stats(ref).sends_refused == 2
+        assert caplog.text.count("outbound queue full") == 1
         with pytest.raises(NotDelivered, match="outbound queue is full"):
             ref.ask(WsDelegatedRequest(1, req_frame(1)), timeout=10)
-        assert stats(ref).sends_refused == 1
     finally:
         pykka.ActorRegistry.stop_all()
         proxy.stop()
