@@ -602,17 +602,24 @@ class WebSocketActor(pykka.ThreadingActor):
     def _on_match(self, match: WsRequestMatch, frame: Frame) -> bool:
         """Complete the request a reply matches; return whether it was one."""
         request_id = match.request_id
-        try:
-            entry = self._table.get(request_id)
-        except TypeError:  # an unhashable id from a buggy matcher
+        if (
+            isinstance(request_id, bool)
+            or not isinstance(request_id, int | str)
+            or not isinstance(match.ok, bool)
+        ):
+            # No request can have that id (a bool, a float, an object whose
+            # hash raises...), or ok is not a bool: the matcher is wrong and
+            # the frame passes on as an ordinary inbound frame.
             self._hook_garbage("match_response", match)
             return False
+        entry = self._table.get(request_id)
         if entry is None:
             if request_id in self._recent:
                 self._publish(WsLateResponse(request_id, frame))
                 return True
             return False
         self._table.remove(entry)
+        request_id = entry.request_id  # the request's own, not an equal one
         claim = entry.claim
         if claim is not None and not entry.written:
             with self._claim_lock:
