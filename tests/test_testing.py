@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import socket
 import ssl
 import threading
@@ -20,7 +21,15 @@ from websockets.exceptions import (
 from websockets.protocol import State
 from websockets.sync.client import ClientConnection, connect
 
-from pykka_ws.testing import FaultProxy, Frame, WsTestServer
+from pykka_ws.testing import (
+    DEFAULT_FAULT_WEIGHTS,
+    ChaosServer,
+    Fault,
+    FaultPlan,
+    FaultProxy,
+    Frame,
+    WsTestServer,
+)
 
 PREFIX = "pykka-ws-testing-"
 
@@ -582,3 +591,244 @@ def test_fault_proxy_stop_closes_connections_and_joins_its_thread(
             ws.recv(timeout=5)
     with pytest.raises(RuntimeError, match="restart"):
         prx.start()
+
+
+# ChaosServer and FaultPlan
+
+
+def confirm_fn(frame: Frame) -> Frame:
+    return f"ok {frame!s}"
+
+
+def reject_fn(frame: Frame) -> Frame:
+    return f"no {frame!s}"
+
+
+def chaos(fault: Fault, **plan: Any) -> ChaosServer:
+    return ChaosServer(FaultPlan.only(fault, **plan), confirm=confirm_fn, reject=reject_fn, seed=7)
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(("fault", "expected"), [(Fault.CONFIRM, "ok a"), (Fault.REJECT, "no a")])
+def test_chaos_server_answers_with_its_confirm_and_reject_functions(
+    fault: Fault, expected: str
+) -> None:
+    with chaos(fault) as srv, client(srv.url) as ws:
+        ws.send("a")
+        assert ws.recv(timeout=5) == expected
+    assert srv.fault_counts()[fault] == 1
+    assert srv.received == ["a"]
+
+
+@pytest.mark.timeout(10)
+def test_chaos_server_sends_delayed_replies_late_while_it_keeps_reading() -> None:
+    with chaos(Fault.DELAY, delay=0.3) as srv, client(srv.url) as ws:
+        sent = time.monotonic()
+        ws.send("a")
+        ws.send("b")
+        srv.wait_for_received(2)  # the delay does not hold up reading
+        assert ws.recv(timeout=5) == "ok a"
+        assert time.monotonic() - sent >= 0.3
+        assert ws.recv(timeout=5) == "ok b"
+
+
+@pytest.mark.timeout(10)
+def test_chaos_server_stays_silent_and_logs_what_it_did() -> None:
+    with chaos(Fault.SILENT) as srv, client(srv.url) as ws:
+        ws.send("a")
+        with pytest.raises(TimeoutError):
+            ws.recv(timeout=0.3)
+        [log] = srv.connection_logs()
+    assert log.index == 1
+    assert log.frames == ("a",)
+    assert log.faults == ((Fault.SILENT, "a"),)
+    assert log.closed is False
+
+
+@pytest.mark.timeout(10)
+def test_chaos_server_closes_politely_with_1011() -> None:
+    with chaos(Fault.CLOSE) as srv, client(srv.url) as ws:
+        ws.send("a")
+        with pytest.raises(ConnectionClosedError) as info:
+            ws.recv(timeout=5)
+        assert info.value.rcvd is not None
+        assert info.value.rcvd.code == 1011
+        srv.wait_for_open_connections(0)
+
+
+@pytest.mark.timeout(10)
+def test_chaos_server_resets_without_a_close_frame() -> None:
+    with chaos(Fault.RESET) as srv, client(srv.url) as ws:
+        ws.send("a")
+        with pytest.raises(ConnectionClosedError) as info:
+            ws.recv(timeout=5)
+        assert info.value.rcvd is None
+        srv.wait_for_open_connections(0)
+        assert srv.connection_logs()[0].closed is True
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(
+    ("fault", "code"),
+    [(Fault.INVALID_UTF8, 1007), (Fault.OVERSIZE, 1009), (Fault.HUGE_HEADER, 1009)],
+)
+def test_chaos_server_garbage_makes_the_client_fail_the_connection(fault: Fault, code: int) -> None:
+    with chaos(fault, oversize=2000) as srv, client(srv.url, max_size=1000) as ws:
+        ws.send("a")
+        with pytest.raises(ConnectionClosedError) as info:
+            ws.recv(timeout=5)
+        assert info.value.sent is not None
+        assert info.value.sent.code == code
+        srv.wait_for_open_connections(0)
+
+
+@pytest.mark.timeout(10)
+def test_chaos_server_junk_is_drawn_from_the_plan() -> None:
+    junk = ("junk-1", b"junk-2")
+    with chaos(Fault.JUNK, junk=junk) as srv, client(srv.url) as ws:
+        for _ in range(5):
+            ws.send("a")
+            assert ws.recv(timeout=5) in junk
+
+
+@pytest.mark.timeout(10)
+def test_chaos_server_stall_stops_handling_but_records_what_arrives_complete() -> None:
+    with chaos(Fault.STALL, stall=0.5) as srv, client(srv.url) as ws:
+        ws.send("a")  # handled: stalls the connection
+        srv.wait_for_received(1)
+        ws.send("b")  # arrives complete, not handled until the stall is over
+        wait_until(lambda: srv.connection_logs()[0].frames == ("a", "b"))
+        assert srv.received == ["a"]
+        assert srv.wait_for_received(2, timeout=5) == ["a", "b"]
+        log = srv.connection_logs()[0]
+        assert log.received_at[1] - log.received_at[0] >= 0.0
+        assert [fault for fault, _ in log.faults] == [Fault.STALL, Fault.STALL]
+
+
+@pytest.mark.timeout(10)
+def test_chaos_server_records_frames_per_connection_with_fragments_joined() -> None:
+    with ChaosServer(FaultPlan.only(Fault.SILENT), seed=1) as srv:
+        with client(srv.url) as ws:
+            ws.send("one")
+            ws.send(["frag", "mented"])
+            ws.send(b"\x00\x01")
+            srv.wait_for_received(3)
+        with client(srv.url) as ws:
+            ws.send("two")
+            srv.wait_for_received(4)
+        srv.wait_for_open_connections(0)
+        logs = srv.connection_logs()
+    assert [log.index for log in logs] == [1, 2]
+    assert logs[0].frames == ("one", "fragmented", b"\x00\x01")
+    assert logs[1].frames == ("two",)
+    assert all(log.closed for log in logs)
+    times = [t for log in logs for t in log.received_at]
+    assert times == sorted(times)
+
+
+def fault_sequence(seed: int) -> list[Fault]:
+    plan = FaultPlan(weights={Fault.CONFIRM: 1, Fault.REJECT: 1, Fault.SILENT: 1, Fault.DELAY: 1})
+    with ChaosServer(plan, confirm=confirm_fn, seed=seed) as srv, client(srv.url) as ws:
+        for i in range(30):
+            ws.send(str(i))
+        srv.wait_for_received(30)
+        wait_until(lambda: len(srv.connection_logs()[0].faults) == 30)
+        return [fault for fault, _ in srv.connection_logs()[0].faults]
+
+
+@pytest.mark.timeout(20)
+def test_chaos_server_replays_the_same_faults_with_the_same_seed() -> None:
+    first = fault_sequence(1234)
+    assert fault_sequence(1234) == first
+    assert len(set(first)) > 1
+
+
+@pytest.mark.timeout(10)
+def test_chaos_server_picks_a_seed_when_given_none_and_checks_its_arguments() -> None:
+    assert isinstance(ChaosServer().seed, int)
+    assert ChaosServer(seed=5).seed == 5
+    assert ChaosServer().plan == FaultPlan()
+    with pytest.raises(TypeError):
+        ChaosServer(seed="5")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        ChaosServer({Fault.CONFIRM: 1})  # type: ignore[arg-type]
+
+
+@pytest.mark.timeout(10)
+def test_chaos_server_inject_does_a_fault_to_every_open_connection() -> None:
+    with chaos(Fault.CONFIRM) as srv, client(srv.url) as ws1, client(srv.url) as ws2:
+        srv.wait_for_open_connections(2)
+        with pytest.raises(ValueError, match="cannot be injected"):
+            srv.inject(Fault.CONFIRM)
+        assert srv.inject(Fault.RESET) == 2
+        for ws in (ws1, ws2):
+            with pytest.raises(ConnectionClosedError):
+                ws.recv(timeout=5)
+        srv.wait_for_open_connections(0)
+        assert srv.inject(Fault.RESET) == 0
+        assert srv.fault_counts()[Fault.RESET] == 2
+
+
+@pytest.mark.timeout(10)
+def test_chaos_server_stop_joins_everything_with_replies_pending_and_connections_stalled() -> None:
+    plan = FaultPlan(weights={Fault.DELAY: 1, Fault.STALL: 1}, delay=30.0, stall=30.0)
+    srv = ChaosServer(plan, confirm=confirm_fn, seed=3).start()
+    with client(srv.url) as ws:
+        for i in range(20):
+            ws.send(str(i))
+        wait_until(lambda: Fault.STALL in {f for f, _ in srv.connection_logs()[0].faults})
+        started = time.monotonic()
+        srv.stop()
+        assert time.monotonic() - started < 4
+        assert helper_threads() == []
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=5)
+
+
+def test_fault_plan_draws_only_weighted_faults() -> None:
+    plan = FaultPlan(weights={Fault.CONFIRM: 3, Fault.RESET: 1, Fault.CLOSE: 0})
+    rng = random.Random(0)
+    drawn = [plan.draw(rng) for _ in range(400)]
+    assert set(drawn) == {Fault.CONFIRM, Fault.RESET}
+    assert drawn.count(Fault.CONFIRM) > drawn.count(Fault.RESET)
+    assert {FaultPlan.only(Fault.JUNK).draw(rng) for _ in range(20)} == {Fault.JUNK}
+    assert sum(DEFAULT_FAULT_WEIGHTS.values()) > 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"weights": {"confirm": 1}}, TypeError),
+        ({"weights": [(Fault.CONFIRM, 1)]}, TypeError),
+        ({"weights": {Fault.CONFIRM: "1"}}, TypeError),
+        ({"weights": {Fault.CONFIRM: True}}, TypeError),
+        ({"weights": {Fault.CONFIRM: -1}}, ValueError),
+        ({"weights": {Fault.CONFIRM: float("nan")}}, ValueError),
+        ({"weights": {Fault.CONFIRM: 0}}, ValueError),
+        ({"weights": {}}, ValueError),
+        ({"delay": -0.1}, ValueError),
+        ({"delay": float("inf")}, ValueError),
+        ({"stall": "1"}, TypeError),
+        ({"oversize": 0}, ValueError),
+        ({"oversize": 1.5}, TypeError),
+        ({"junk": ()}, ValueError),
+        ({"junk": (1,)}, TypeError),
+    ],
+)
+def test_fault_plan_refuses_bad_settings(kwargs: dict[str, Any], error: type[Exception]) -> None:
+    with pytest.raises(error):
+        FaultPlan(**kwargs)
+
+
+@pytest.mark.timeout(10)
+def test_chaos_server_set_plan_changes_the_mix_from_the_next_frame() -> None:
+    with chaos(Fault.SILENT) as srv, client(srv.url) as ws:
+        ws.send("a")
+        srv.wait_for_received(1)
+        srv.set_plan(FaultPlan.only(Fault.CONFIRM))
+        assert srv.plan == FaultPlan.only(Fault.CONFIRM)
+        ws.send("b")
+        assert ws.recv(timeout=5) == "ok b"
+        with pytest.raises(TypeError):
+            srv.set_plan({Fault.CONFIRM: 1})  # type: ignore[arg-type]
+    assert [fault for fault, _ in srv.connection_logs()[0].faults] == [Fault.SILENT, Fault.CONFIRM]
