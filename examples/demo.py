@@ -20,7 +20,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a clone
 
 import pykka
-from pykka_ws.testing import WsTestServer
 
 from pykka_ws import (
     WebSocketActor,
@@ -31,6 +30,7 @@ from pykka_ws import (
     WsGetStats,
     WsRequestMatch,
 )
+from pykka_ws.testing import WsTestServer
 
 
 class JsonRpcEndpoint(WsEndpoint):

@@ -262,9 +262,9 @@ class WebSocketActor(pykka.ThreadingActor):
             msg = f"backoff must be a WsBackoff, not {type(backoff).__name__}"
             raise TypeError(msg)
         self._backoff = backoff
-        self._open_timeout = check_timeout(open_timeout, "open_timeout")
+        self._open_timeout = _check_wait(open_timeout, "open_timeout")
         self._write_timeout = _check_optional_timeout(write_timeout, "write_timeout")
-        close_timeout = check_timeout(close_timeout, "close_timeout")
+        close_timeout = _check_wait(close_timeout, "close_timeout")
         if self._write_timeout is not None:
             # send() on a closing connection waits up to close_timeout.
             close_timeout = min(close_timeout, self._write_timeout)
@@ -1004,8 +1004,17 @@ def _check_count(value: object, name: str) -> int:
     return value
 
 
+def _check_wait(value: object, name: str) -> float:
+    """A number of seconds that sockets and locks will wait on: <= TIMEOUT_MAX."""
+    seconds = check_timeout(value, name)
+    if seconds > threading.TIMEOUT_MAX:
+        msg = f"{name} must be <= {threading.TIMEOUT_MAX:.0f} s (threading.TIMEOUT_MAX)"
+        raise ValueError(msg)
+    return seconds
+
+
 def _check_optional_timeout(value: object, name: str) -> float | None:
-    return None if value is None else check_timeout(value, name)
+    return None if value is None else _check_wait(value, name)
 
 
 def _check_inbound(inbound: object) -> list[pykka.ActorRef[Any]]:

@@ -504,8 +504,15 @@ def run_connector(
                 create_connection=_factory(sink),
                 **connect_kwargs,
             )
-            if write_timeout is not None:
-                set_write_timeout(connection.socket, write_timeout)
+            try:
+                if write_timeout is not None:
+                    set_write_timeout(connection.socket, write_timeout)
+            except Exception:
+                # Never leak an opened connection (its socket and threads).
+                sink.announced.set()
+                connection.abort()
+                connection.join_threads()
+                raise
             with slot.lock:
                 cancelled = slot.cancelled
                 if not cancelled:

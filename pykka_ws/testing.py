@@ -1020,7 +1020,11 @@ class Fault(enum.Enum):
     """Close the connection politely (code 1011), with a closing handshake."""
 
     STALL = "stall"
-    """Stop reading from the connection for :attr:`FaultPlan.stall` seconds."""
+    """Stop reading from the connection for :attr:`FaultPlan.stall` seconds.
+
+    The frame itself gets no answer. websockets keeps reading ahead until its
+    queue is full (16 messages), then TCP backpressure reaches the client.
+    """
 
     INVALID_UTF8 = "invalid_utf8"
     """Send a text frame whose payload is not UTF-8: a client fails with 1007."""
@@ -1270,10 +1274,11 @@ class ChaosServer(WsTestServer):
 
     It records the server's view for invariant checks: every message received
     complete, per connection and in order, with what it did with each (see
-    :meth:`connection_logs`). :attr:`received` and :meth:`wait_for_received`
-    work as for :class:`WsTestServer` (frames the handler got to), and so do
-    its switches (:meth:`stall` stalls every connection on top of the
-    faults). The ``reply`` function of :class:`WsTestServer` is not used:
+    :meth:`connection_logs`; kept for the life of the server object).
+    :attr:`received` and :meth:`wait_for_received` work as for
+    :class:`WsTestServer` (frames the handler got to), and so do its
+    switches (:meth:`stall` stalls every connection on top of the faults).
+    The ``reply`` function of :class:`WsTestServer` is not used:
     ``confirm`` and ``reject`` replace it.
 
     Delayed replies are sent by the connection's own thread: one due while

@@ -4,6 +4,7 @@ from collections.abc import Iterator
 
 import pykka
 import pytest
+
 from pykka_ws.testing import WsTestServer
 
 from .support import JsonEndpoint, json_reply

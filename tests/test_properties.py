@@ -10,6 +10,7 @@ through a real actor and server.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import threading
@@ -455,3 +456,53 @@ def test_extreme_valid_numbers_are_accepted() -> None:
                 WsDelegatedRequest(1, "x", timeout=value)  # type: ignore[arg-type]
         else:
             assert WsDelegatedRequest(1, "x", timeout=value).timeout == float(value)
+
+
+HUGE = 1e300  # finite, so valid by the letter of check_timeout
+
+# Seconds over threading.TIMEOUT_MAX (~292 years) cannot be waited on by
+# Python's locks, sockets or struct timeval. Each setting must refuse such a
+# value (ValueError) or cope with it. (ping_timeout is left out: whether
+# websockets ever waits on it depends on how fast the pong comes.)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("name", "extra"),
+    [
+        ("open_timeout", {}),
+        ("write_timeout", {}),
+        ("close_timeout", {"write_timeout": None}),
+        ("ping_interval", {}),
+        ("default_timeout", {}),
+        ("recent_ids_age", {}),
+    ],
+)
+def test_a_huge_number_of_seconds_is_refused_or_works(
+    caplog: pytest.LogCaptureFixture, name: str, extra: dict[str, Any]
+) -> None:
+    caplog.set_level(logging.ERROR)
+    with WsTestServer(echo_result) as server:
+        try:
+            ref = WebSocketActor.start(
+                server.url,
+                endpoint=JsonEndpoint(),
+                backoff=WsBackoff(initial=0.01, cap=0.1),
+                **{name: HUGE},
+                **extra,
+            )
+        except ValueError:
+            return  # refused at once: fine
+        try:
+            for request_id in (1, 2):
+                frame = json.dumps({"id": request_id})
+                request = WsDelegatedRequest(request_id, frame, timeout=5.0)
+                assert ref.ask(request, timeout=10).confirmed
+                server.wait_for_open_connections(1, timeout=10)
+                server.close_connections()  # and it must reconnect
+            assert ref.ask(WsGetStats(), timeout=10).reconnects >= 1
+        finally:
+            ref.stop(timeout=10)
+        wait_no_library_threads(10)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, errors
