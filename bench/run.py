@@ -50,7 +50,6 @@ from pykka_ws import (
     WsGetStats,
     WsSend,
 )
-from pykka_ws._futures import Deferred
 from pykka_ws._messages import frame_digest
 from pykka_ws._pending import PendingTable
 
@@ -528,17 +527,15 @@ def bench_pipe(ctx: Context) -> Section:
 # -- 3. pending table --------------------------------------------------------
 
 
-def _filled_table(live: int) -> tuple[PendingTable[Deferred], deque[Any]]:
+def _filled_table(live: int) -> tuple[PendingTable, deque[Any]]:
     """A table with ``live`` entries whose deadlines are 1..live microseconds."""
     frame = request_frame(0)
     fingerprint = frame_digest(frame)
     mode = WsConfirmMode.CONFIRMED
-    table: PendingTable[Deferred] = PendingTable(live + 1, clock=lambda: 0.0)
+    table: PendingTable = PendingTable(live + 1, clock=lambda: 0.0)
     entries: deque[Any] = deque()
     for i in range(live):
-        entries.append(
-            table.insert_or_join(i, fingerprint, mode, (i + 1) * 1e-6, frame, Deferred)[1]
-        )
+        entries.append(table.insert_or_join(i, fingerprint, mode, (i + 1) * 1e-6, frame)[1])
     return table, entries
 
 
@@ -554,7 +551,7 @@ def table_insert_expire(live: int, ops: int) -> float:
     start = time.perf_counter()
     for k in range(ops):
         request_id = live + k
-        insert(request_id, fingerprint, mode, (request_id + 1) * 1e-6, frame, Deferred)
+        insert(request_id, fingerprint, mode, (request_id + 1) * 1e-6, frame)
         expired += len(expire((k + 1) * 1e-6))
     elapsed = time.perf_counter() - start
     if expired != ops or len(table) != live:
@@ -573,7 +570,7 @@ def table_insert_remove(live: int, ops: int) -> float:
     start = time.perf_counter()
     for k in range(ops):
         request_id = live + k
-        entries.append(insert(request_id, fingerprint, mode, 1.0 + k, frame, Deferred)[1])
+        entries.append(insert(request_id, fingerprint, mode, 1.0 + k, frame)[1])
         remove(entries.popleft())
     elapsed = time.perf_counter() - start
     if len(table) != live or table.heap_size > 3 * live + 64:
@@ -586,11 +583,11 @@ def table_bytes_per_entry(n: int, *, request_objects: bool) -> float:
 
     With ``request_objects`` the id and default fingerprint are made per entry
     (as a `WsDelegatedRequest` does), else they exist beforehand and only the
-    table's own structures and the waiter (a `Deferred`) count.
+    table's own structures count (an entry is also its callers' deferred).
     """
     frame = request_frame(0)
     mode = WsConfirmMode.CONFIRMED
-    table: PendingTable[Deferred] = PendingTable(n)
+    table: PendingTable = PendingTable(n)
     base = 10**9
     ids = [] if request_objects else [base + i for i in range(n)]
     fingerprints = [] if request_objects else [frame_digest(frame) for _ in range(n)]
@@ -600,10 +597,10 @@ def table_bytes_per_entry(n: int, *, request_objects: bool) -> float:
         before = tracemalloc.get_traced_memory()[0]
         if request_objects:
             for i in range(n):
-                table.insert_or_join(base + i, frame_digest(frame), mode, 1.0 + i, frame, Deferred)
+                table.insert_or_join(base + i, frame_digest(frame), mode, 1.0 + i, frame)
         else:
             for i in range(n):
-                table.insert_or_join(ids[i], fingerprints[i], mode, 1.0 + i, frame, Deferred)
+                table.insert_or_join(ids[i], fingerprints[i], mode, 1.0 + i, frame)
         after = tracemalloc.get_traced_memory()[0]
     finally:
         tracemalloc.stop()
@@ -661,19 +658,19 @@ def bench_table(ctx: Context) -> Section:
             "us",
         ),
         Row(
-            "bytes/entry: table+waiter+id+fingerprint",
+            "bytes/entry: entry+id+fingerprint",
             whole,
             unit="B",
             target="< 1024 B",
             met=check(whole, "<", 1024),
         ),
-        Row("bytes/entry: table+waiter only", own, unit="B"),
+        Row("bytes/entry: entry only", own, unit="B"),
     ]
     section.notes = [
         f"{cfg.table_rounds} round(s) of {ops:,} ops per size; ratio = {large:,} / {small:,}",
         (
             f"bytes by tracemalloc over {cfg.table_memory_entries:,} entries, frame excluded; "
-            "waiter = the actor's Deferred"
+            "an entry is also the deferred its callers follow"
         ),
     ]
     section.rounds = {**results, "bytes_whole": whole, "bytes_table": own}

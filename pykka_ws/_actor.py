@@ -119,7 +119,7 @@ class _SendItem:
         self.preamble = preamble
 
 
-_Item = Entry[Deferred] | _SendItem
+_Item = Entry | _SendItem
 
 
 class _WriteDone:
@@ -299,7 +299,7 @@ class WebSocketActor(pykka.ThreadingActor):
             if server_hostname is not None:
                 self._connect_kwargs["server_hostname"] = server_hostname
 
-        self._table: PendingTable[Deferred] = PendingTable(self._max_pending)
+        self._table = PendingTable(self._max_pending)
         self._recent = RecentIds(
             _check_count(recent_ids, "recent_ids"), check_timeout(recent_ids_age, "recent_ids_age")
         )
@@ -420,32 +420,32 @@ class WebSocketActor(pykka.ThreadingActor):
                 )
             )
         result, entry = self._table.insert_or_join(
-            request_id, request.join_key, request.confirm_mode, deadline, request.frame, Deferred
+            request_id, request.join_key, request.confirm_mode, deadline, request.frame
         )
         if result is Insert.INSERTED:
             assert entry is not None  # noqa: S101 - for the type checker
             if self._queued >= self._capacity:
                 self._table.remove(entry)
                 self._outcomes["not_delivered"] += 1
-                entry.waiter.fail(
+                entry.fail(
                     NotDelivered(
                         f"request {request_id!r}: the outbound queue is full "
                         f"(outbound_capacity={self._capacity})",
                         request_id=request_id,
                     )
                 )
-                return entry.waiter
+                return entry
             self._recent.discard(request_id)
             self._queue.append(entry)
             self._queued += 1
             self._schedule_expiry(deadline)
             if self._inflight is None:
                 self._flush()
-            return entry.waiter
+            return entry
         if result is Insert.JOINED:
             assert entry is not None  # noqa: S101
             self._schedule_expiry(entry.deadline)
-            return entry.waiter
+            return entry
         if result is Insert.MISMATCH:
             self._outcomes["payload_mismatch"] += 1
             return self._failed(
@@ -511,34 +511,34 @@ class WebSocketActor(pykka.ThreadingActor):
 
     # -- outcomes -----------------------------------------------------------
 
-    def _end(self, entry: Entry[Deferred], outcome: str, result: Any) -> None:
+    def _end(self, entry: Entry, outcome: str, result: Any) -> None:
         """Record an entry's outcome; it is already out of the table."""
         if entry.claim is None and not entry.written:
             self._queued -= 1  # it was still in the queue; skipped when popped
         self._recent.add(entry.request_id)
         self._outcomes[outcome] += 1
         if isinstance(result, BaseException):
-            entry.waiter.fail(result)
+            entry.fail(result)
         else:
-            entry.waiter.resolve(result)
+            entry.resolve(result)
 
-    def _end_sent(self, entry: Entry[Deferred]) -> None:
+    def _end_sent(self, entry: Entry) -> None:
         self._end(entry, "sent", WsDelegatedOk(entry.request_id, confirmed=False))
 
     def _end_not_delivered(
-        self, entry: Entry[Deferred], why: str, cause: BaseException | None = None
+        self, entry: Entry, why: str, cause: BaseException | None = None
     ) -> None:
         error = NotDelivered(f"request {entry.request_id!r}: {why}", request_id=entry.request_id)
         error.__cause__ = cause
         self._end(entry, "not_delivered", error)
 
-    def _end_unconfirmed(self, entry: Entry[Deferred], why: str, *, written: bool) -> None:
+    def _end_unconfirmed(self, entry: Entry, why: str, *, written: bool) -> None:
         error = Unconfirmed(
             f"request {entry.request_id!r}: {why}", request_id=entry.request_id, written=written
         )
         self._end(entry, "unconfirmed", error)
 
-    def _classify_unfinished(self, entry: Entry[Deferred], why: str) -> None:
+    def _classify_unfinished(self, entry: Entry, why: str) -> None:
         """End an entry that ran out of time (deadline, disconnect or stop).
 
         Its claim decides: never started means `NotDelivered`, started but
@@ -759,7 +759,7 @@ class WebSocketActor(pykka.ThreadingActor):
             self._connection_lost(error)
         self._flush()
 
-    def _on_written(self, entry: Entry[Deferred]) -> None:
+    def _on_written(self, entry: Entry) -> None:
         entry.written = True
         if entry.confirm_mode is WsConfirmMode.SENT:
             self._table.remove(entry)

@@ -11,7 +11,9 @@ import heapq
 import itertools
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING
+
+from pykka_ws._futures import Deferred
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Hashable, Iterator
@@ -20,8 +22,6 @@ if TYPE_CHECKING:
     from pykka_ws._writer import Claim
 
 __all__ = ["Entry", "Insert", "PendingTable", "RecentIds"]
-
-W = TypeVar("W")
 
 # The heap may hold this many times the live entries (plus a constant)
 # before it is rebuilt; stale items come from joins and completions.
@@ -38,12 +38,14 @@ class Insert(enum.Enum):
     FULL = "full"
 
 
-class Entry(Generic[W]):
+class Entry(Deferred):
     """One request id in flight, shared by every waiter that joined it.
 
-    The table owns ``request_id``, ``fingerprint``, ``confirm_mode`` and
-    ``deadline``; the owner actor keeps its own bookkeeping in ``waiter``,
-    ``claim``, ``written`` and ``generation``.
+    It is also the `Deferred` every caller of that id follows: one object
+    per request, not two (fewer objects for the garbage collector to walk
+    with many requests pending). The table owns ``request_id``,
+    ``fingerprint``, ``confirm_mode`` and ``deadline``; the owner actor
+    keeps its own bookkeeping in ``claim``, ``written`` and ``generation``.
     """
 
     # One per request in flight: slots keep it small (see bench/).
@@ -56,7 +58,6 @@ class Entry(Generic[W]):
         "generation",
         "heap_seq",
         "request_id",
-        "waiter",
         "written",
     )
 
@@ -67,14 +68,13 @@ class Entry(Generic[W]):
         confirm_mode: WsConfirmMode,
         deadline: float,
         frame: Frame,
-        waiter: W,
     ) -> None:
+        super().__init__()
         self.request_id = request_id
         self.fingerprint = fingerprint
         self.confirm_mode = confirm_mode
         self.deadline = deadline
         self.frame = frame
-        self.waiter = waiter
         self.heap_seq = 0
         self.claim: Claim | None = None
         self.written = False
@@ -87,7 +87,7 @@ class Entry(Generic[W]):
         )
 
 
-class PendingTable(Generic[W]):
+class PendingTable:
     """Requests in flight, by id, with a min-heap of deadlines.
 
     - Same id, same fingerprint and same mode joins the entry in flight; the
@@ -112,14 +112,14 @@ class PendingTable(Generic[W]):
             raise ValueError(msg)
         self.limit = limit
         self.clock = clock
-        self._entries: dict[RequestId, Entry[W]] = {}
+        self._entries: dict[RequestId, Entry] = {}
         self._heap: list[tuple[float, int, RequestId]] = []
         self._seq = itertools.count(1)
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def __iter__(self) -> Iterator[Entry[W]]:
+    def __iter__(self) -> Iterator[Entry]:
         return iter(list(self._entries.values()))
 
     def __contains__(self, request_id: object) -> bool:
@@ -130,7 +130,7 @@ class PendingTable(Generic[W]):
         """Items in the deadline heap, live and stale (for tests and stats)."""
         return len(self._heap)
 
-    def get(self, request_id: RequestId) -> Entry[W] | None:
+    def get(self, request_id: RequestId) -> Entry | None:
         """Return the entry in flight for ``request_id``, or None."""
         return self._entries.get(request_id)
 
@@ -141,8 +141,7 @@ class PendingTable(Generic[W]):
         confirm_mode: WsConfirmMode,
         deadline: float,
         frame: Frame,
-        make_waiter: Callable[[], W],
-    ) -> tuple[Insert, Entry[W] | None]:
+    ) -> tuple[Insert, Entry | None]:
         """Insert a new entry, or join the one in flight.
 
         Returns:
@@ -160,12 +159,12 @@ class PendingTable(Generic[W]):
             return Insert.JOINED, entry
         if len(self._entries) >= self.limit:
             return Insert.FULL, None
-        entry = Entry(request_id, fingerprint, confirm_mode, deadline, frame, make_waiter())
+        entry = Entry(request_id, fingerprint, confirm_mode, deadline, frame)
         self._entries[request_id] = entry
         self._push(entry)
         return Insert.INSERTED, entry
 
-    def remove(self, entry: Entry[W]) -> bool:
+    def remove(self, entry: Entry) -> bool:
         """Remove ``entry`` if it is the one in flight; return whether it was.
 
         Its heap item goes stale and is skipped or rebuilt away later.
@@ -177,7 +176,7 @@ class PendingTable(Generic[W]):
             self._compact()
         return True
 
-    def expire_due(self, now: float | None = None) -> list[Entry[W]]:
+    def expire_due(self, now: float | None = None) -> list[Entry]:
         """Remove and return every entry whose deadline is <= ``now``.
 
         Args:
@@ -185,7 +184,7 @@ class PendingTable(Generic[W]):
         """
         if now is None:
             now = self.clock()
-        due: list[Entry[W]] = []
+        due: list[Entry] = []
         heap = self._heap
         while heap and heap[0][0] <= now:
             _deadline, seq, request_id = heapq.heappop(heap)
@@ -206,14 +205,14 @@ class PendingTable(Generic[W]):
             heapq.heappop(heap)
         return None
 
-    def drain(self) -> list[Entry[W]]:
+    def drain(self) -> list[Entry]:
         """Remove and return every entry, in insertion order (fail-all)."""
         entries = list(self._entries.values())
         self._entries.clear()
         self._heap.clear()
         return entries
 
-    def _push(self, entry: Entry[W]) -> None:
+    def _push(self, entry: Entry) -> None:
         entry.heap_seq = seq = next(self._seq)
         heapq.heappush(self._heap, (entry.deadline, seq, entry.request_id))
         if len(self._heap) > _HEAP_SLACK_FACTOR * len(self._entries) + _HEAP_SLACK_CONSTANT:

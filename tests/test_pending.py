@@ -24,15 +24,15 @@ class FakeClock:
         return self.now
 
 
-def new_table(limit: int = 10) -> tuple[PendingTable[object], FakeClock]:
+def new_table(limit: int = 10) -> tuple[PendingTable, FakeClock]:
     clock = FakeClock()
     return PendingTable(limit, clock=clock), clock
 
 
 def test_insert_then_same_id_and_fingerprint_joins_the_same_entry() -> None:
     table, _ = new_table()
-    r1, e1 = table.insert_or_join(1, "fp", C, 1010.0, "f", object)
-    r2, e2 = table.insert_or_join(1, "fp", C, 1020.0, "f", object)
+    r1, e1 = table.insert_or_join(1, "fp", C, 1010.0, "f")
+    r2, e2 = table.insert_or_join(1, "fp", C, 1020.0, "f")
     assert (r1, r2) == (Insert.INSERTED, Insert.JOINED)
     assert e1 is e2
     assert len(table) == 1
@@ -40,8 +40,8 @@ def test_insert_then_same_id_and_fingerprint_joins_the_same_entry() -> None:
 
 def test_joiner_with_earlier_deadline_shortens_the_shared_deadline() -> None:
     table, _ = new_table()
-    table.insert_or_join(1, "fp", C, 1010.0, "f", object)
-    _, entry = table.insert_or_join(1, "fp", C, 1005.0, "f", object)
+    table.insert_or_join(1, "fp", C, 1010.0, "f")
+    _, entry = table.insert_or_join(1, "fp", C, 1005.0, "f")
     assert entry is not None
     assert entry.deadline == 1005.0
     assert table.next_deadline() == 1005.0
@@ -50,8 +50,8 @@ def test_joiner_with_earlier_deadline_shortens_the_shared_deadline() -> None:
 
 def test_joiner_with_later_deadline_does_not_extend_it() -> None:
     table, _ = new_table()
-    table.insert_or_join(1, "fp", C, 1010.0, "f", object)
-    table.insert_or_join(1, "fp", C, 1050.0, "f", object)
+    table.insert_or_join(1, "fp", C, 1010.0, "f")
+    table.insert_or_join(1, "fp", C, 1050.0, "f")
     assert table.next_deadline() == 1010.0
 
 
@@ -60,8 +60,8 @@ def test_same_id_with_other_fingerprint_or_mode_is_a_mismatch(
     fingerprint: str, mode: WsConfirmMode
 ) -> None:
     table, _ = new_table()
-    _, first = table.insert_or_join(1, "fp", C, 1010.0, "f", object)
-    result, entry = table.insert_or_join(1, fingerprint, mode, 1001.0, "g", object)
+    _, first = table.insert_or_join(1, "fp", C, 1010.0, "f")
+    result, entry = table.insert_or_join(1, fingerprint, mode, 1001.0, "g")
     assert result is Insert.MISMATCH
     assert entry is first
     assert first is not None
@@ -70,25 +70,25 @@ def test_same_id_with_other_fingerprint_or_mode_is_a_mismatch(
 
 def test_cap_counts_distinct_ids_not_joiners() -> None:
     table, _ = new_table(limit=2)
-    table.insert_or_join(1, "a", C, 1010.0, "f", object)
-    table.insert_or_join(2, "b", C, 1010.0, "f", object)
-    assert table.insert_or_join(1, "a", C, 1010.0, "f", object)[0] is Insert.JOINED
-    assert table.insert_or_join(3, "c", C, 1010.0, "f", object) == (Insert.FULL, None)
+    table.insert_or_join(1, "a", C, 1010.0, "f")
+    table.insert_or_join(2, "b", C, 1010.0, "f")
+    assert table.insert_or_join(1, "a", C, 1010.0, "f")[0] is Insert.JOINED
+    assert table.insert_or_join(3, "c", C, 1010.0, "f") == (Insert.FULL, None)
 
 
 def test_cap_frees_up_after_expiry() -> None:
     table, clock = new_table(limit=1)
-    table.insert_or_join(1, "a", C, 1010.0, "f", object)
-    assert table.insert_or_join(2, "b", C, 1010.0, "f", object)[0] is Insert.FULL
+    table.insert_or_join(1, "a", C, 1010.0, "f")
+    assert table.insert_or_join(2, "b", C, 1010.0, "f")[0] is Insert.FULL
     clock.now = 1010.0
     assert len(table.expire_due()) == 1
-    assert table.insert_or_join(2, "b", C, 1020.0, "f", object)[0] is Insert.INSERTED
+    assert table.insert_or_join(2, "b", C, 1020.0, "f")[0] is Insert.INSERTED
 
 
 def test_expire_due_returns_only_due_entries_in_deadline_order() -> None:
     table, _ = new_table()
     for request_id, deadline in [(1, 1003.0), (2, 1001.0), (3, 1005.0), (4, 1002.0)]:
-        table.insert_or_join(request_id, request_id, C, deadline, "f", object)
+        table.insert_or_join(request_id, request_id, C, deadline, "f")
     assert [e.request_id for e in table.expire_due(1003.0)] == [2, 4, 1]
     assert len(table) == 1
     assert table.next_deadline() == 1005.0
@@ -96,11 +96,11 @@ def test_expire_due_returns_only_due_entries_in_deadline_order() -> None:
 
 def test_removed_entry_is_not_expired_and_its_id_can_be_reused() -> None:
     table, _ = new_table()
-    _, entry = table.insert_or_join(1, "a", C, 1001.0, "f", object)
+    _, entry = table.insert_or_join(1, "a", C, 1001.0, "f")
     assert entry is not None
     assert table.remove(entry)
     assert not table.remove(entry)
-    _, again = table.insert_or_join(1, "b", C, 1009.0, "f", object)
+    _, again = table.insert_or_join(1, "b", C, 1009.0, "f")
     assert again is not entry
     assert table.expire_due(1005.0) == []
     assert table.next_deadline() == 1009.0
@@ -109,7 +109,7 @@ def test_removed_entry_is_not_expired_and_its_id_can_be_reused() -> None:
 def test_drain_returns_everything_and_leaves_table_and_heap_empty() -> None:
     table, _ = new_table()
     for i in range(5):
-        table.insert_or_join(i, i, C, 1000.0 + i, "f", object)
+        table.insert_or_join(i, i, C, 1000.0 + i, "f")
     assert [e.request_id for e in table.drain()] == [0, 1, 2, 3, 4]
     assert len(table) == 0
     assert table.heap_size == 0
@@ -119,7 +119,7 @@ def test_drain_returns_everything_and_leaves_table_and_heap_empty() -> None:
 def test_ten_thousand_expired_requests_leave_table_and_heap_empty() -> None:
     table, clock = new_table(limit=10_000)
     for i in range(10_000):
-        assert table.insert_or_join(i, i, C, 1001.0 + i / 1000, "f", object)[0] is Insert.INSERTED
+        assert table.insert_or_join(i, i, C, 1001.0 + i / 1000, "f")[0] is Insert.INSERTED
     clock.now = 2000.0
     assert len(table.expire_due()) == 10_000
     assert len(table) == 0
@@ -129,13 +129,13 @@ def test_ten_thousand_expired_requests_leave_table_and_heap_empty() -> None:
 def test_heap_stays_within_a_constant_factor_of_live_entries() -> None:
     table, _ = new_table(limit=100)
     # Many joins that each shorten the deadline push stale heap items.
-    table.insert_or_join(1, "a", C, 10_000.0, "f", object)
+    table.insert_or_join(1, "a", C, 10_000.0, "f")
     for step in range(5000):
-        table.insert_or_join(1, "a", C, 9_999.0 - step, "f", object)
+        table.insert_or_join(1, "a", C, 9_999.0 - step, "f")
         assert table.heap_size <= 2 * len(table) + 65
     # Many inserts and removals too.
     for i in range(5000):
-        _, entry = table.insert_or_join(f"x{i}", "b", C, 20_000.0, "f", object)
+        _, entry = table.insert_or_join(f"x{i}", "b", C, 20_000.0, "f")
         assert entry is not None
         table.remove(entry)
         assert table.heap_size <= 2 * len(table) + 65
@@ -186,7 +186,7 @@ class PendingTableMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.clock = FakeClock()
-        self.table: PendingTable[object] = PendingTable(self.LIMIT, clock=self.clock)
+        self.table: PendingTable = PendingTable(self.LIMIT, clock=self.clock)
         self.model: dict[int, ModelEntry] = {}
 
     @rule(
@@ -199,9 +199,7 @@ class PendingTableMachine(RuleBasedStateMachine):
         self, request_id: int, fingerprint: int, mode: WsConfirmMode, timeout: float
     ) -> None:
         deadline = self.clock.now + timeout
-        result, entry = self.table.insert_or_join(
-            request_id, fingerprint, mode, deadline, "f", object
-        )
+        result, entry = self.table.insert_or_join(request_id, fingerprint, mode, deadline, "f")
         existing = self.model.get(request_id)
         if existing is None:
             if len(self.model) >= self.LIMIT:
