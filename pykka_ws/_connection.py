@@ -543,11 +543,18 @@ class RedactingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
         self.secret_headers = frozenset(h.lower() for h in secret_headers) | _ALWAYS_SECRET
 
     def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
-        """Log, redacting ``"> name: value"`` lines of secret headers."""
+        """Log, redacting ``"> name: value"`` lines of secret headers.
+
+        websockets' keepalive thread logs an ERROR with a traceback when the
+        connection closes under it (a dead peer, the very thing keepalive is
+        for); the actor reports that disconnect itself, so it is DEBUG here.
+        """
         if len(args) == 2 and isinstance(msg, str) and msg.endswith("%s: %s"):  # noqa: PLR2004
             name = str(args[0])
             if name.lower() in self.secret_headers:
                 args = (name, "<redacted>")
+        elif msg == "keepalive ping failed" and isinstance(sys.exc_info()[1], ConnectionClosed):
+            level = logging.DEBUG
         super().log(level, msg, *args, **kwargs)
 
 
