@@ -278,7 +278,52 @@ class _TrackedConnection(ServerConnection):
             self.hooks.transport_closed(self)
 
 
-class WsTestServer:
+class _Listening:
+    """What `WsTestServer` and `FaultProxy` share: a context manager on a port."""
+
+    _host: str
+    _bound_port: int | None
+
+    def start(self) -> Self:  # pragma: no cover - overridden
+        """Start listening."""
+        raise NotImplementedError
+
+    def stop(self, timeout: float = 5.0) -> None:  # pragma: no cover - overridden
+        """Stop listening."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        """Start."""
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Stop."""
+        self.stop()
+
+    @property
+    def host(self) -> str:
+        """The address it listens on."""
+        return self._host
+
+    @property
+    def port(self) -> int:
+        """The bound port.
+
+        Raises:
+            RuntimeError: If it was never started.
+        """
+        if self._bound_port is None:
+            msg = f"{type(self).__name__} was not started; call start() first"
+            raise RuntimeError(msg)
+        return self._bound_port
+
+
+class WsTestServer(_Listening):
     """A real WebSocket server on the loopback interface, for tests.
 
     It runs :func:`websockets.sync.server.serve` on ``host`` and an ephemeral
@@ -514,37 +559,7 @@ class WsTestServer:
                 with contextlib.suppress(OSError):
                     os.close(resource)
 
-    def __enter__(self) -> Self:
-        """Start the server."""
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        """Stop the server."""
-        self.stop()
-
-    # Addresses
-
-    @property
-    def host(self) -> str:
-        """The address the server listens on."""
-        return self._host
-
-    @property
-    def port(self) -> int:
-        """The bound port.
-
-        Raises:
-            RuntimeError: If the server was never started.
-        """
-        if self._bound_port is None:
-            msg = "WsTestServer was not started; call start() first"
-            raise RuntimeError(msg)
-        return self._bound_port
+    # Addresses: host and port come from _Listening.
 
     @property
     def url(self) -> str:
@@ -1587,7 +1602,7 @@ class _Pipe:
     client_shut: bool = False
 
 
-class FaultProxy:
+class FaultProxy(_Listening):
     """A TCP proxy that injects socket-level faults, for tests.
 
     It forwards bytes between clients connecting to ``host``:``port`` and
@@ -1700,37 +1715,7 @@ class FaultProxy:
                 if sock is not None:
                     sock.close()  # idempotent
 
-    def __enter__(self) -> Self:
-        """Start the proxy."""
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        """Stop the proxy."""
-        self.stop()
-
-    # Addresses
-
-    @property
-    def host(self) -> str:
-        """The address the proxy listens on."""
-        return self._host
-
-    @property
-    def port(self) -> int:
-        """The bound port.
-
-        Raises:
-            RuntimeError: If the proxy was never started.
-        """
-        if self._bound_port is None:
-            msg = "FaultProxy was not started; call start() first"
-            raise RuntimeError(msg)
-        return self._bound_port
+    # Addresses: host and port come from _Listening.
 
     @property
     def url(self) -> str:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import queue
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+import pykka
 import pytest
 
-from pykka_ws import WsEndpoint, WsRequestMatch
+from pykka_ws import WebSocketActor, WsEndpoint, WsGetStats, WsRequestMatch, WsStats
 
 _POLL_INTERVAL = threading.Event()  # never set: waiting on it is a plain pause
 LIBRARY_THREAD_PREFIXES = ("pykka-ws-", "WebSocketActor", "WsWriter")
@@ -87,3 +89,47 @@ def json_reply(frame: str | bytes) -> str | None:
 
 def req_frame(request_id: int | str, do: str = "confirm", **extra: Any) -> str:
     return json.dumps({"id": request_id, "do": do, **extra})
+
+
+class Collector(pykka.ThreadingActor):
+    """An inbound subscriber that puts everything it is told on a queue."""
+
+    def __init__(self, sink: queue.Queue[Any]) -> None:
+        super().__init__()
+        self.sink = sink
+
+    def on_receive(self, message: Any) -> None:
+        self.sink.put(message)
+
+
+def next_of(sink: queue.Queue[Any], kind: type, timeout: float = 10.0) -> Any:
+    """The next message of ``kind`` on ``sink``, skipping others; fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            pytest.fail(f"no {kind.__name__} within {timeout} s")
+        try:
+            message = sink.get(timeout=remaining)
+        except queue.Empty:
+            continue
+        if isinstance(message, kind):
+            return message
+
+
+def stats(ref: pykka.ActorRef[Any]) -> WsStats:
+    result = ref.ask(WsGetStats(), timeout=10)
+    assert isinstance(result, WsStats)
+    return result
+
+
+def inspectable() -> tuple[type[WebSocketActor], list[WebSocketActor]]:
+    """A WebSocketActor subclass that records its instances, to look inside in tests."""
+    instances: list[WebSocketActor] = []
+
+    class Inspectable(WebSocketActor):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            instances.append(self)
+
+    return Inspectable, instances

@@ -22,50 +22,27 @@ from pykka_ws import (
     WsDelegatedError,
     WsDelegatedRequest,
     WsDisconnected,
-    WsGetStats,
     WsInbound,
     WsLateResponse,
     WsSend,
-    WsStats,
 )
 from pykka_ws.testing import FaultProxy, WsTestServer
 
-from .support import JsonEndpoint, json_reply, req_frame, wait_no_library_threads, wait_until
+from .support import (
+    Collector,
+    JsonEndpoint,
+    inspectable,
+    json_reply,
+    next_of,
+    req_frame,
+    stats,
+    wait_no_library_threads,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
 FAST = WsBackoff(initial=0.02, factor=2.0, cap=0.1, reset_after=5.0)
-
-
-class Collector(pykka.ThreadingActor):
-    """An inbound subscriber that puts everything it is told on a queue."""
-
-    def __init__(self, sink: queue.Queue[Any]) -> None:
-        super().__init__()
-        self.sink = sink
-
-    def on_receive(self, message: Any) -> None:
-        self.sink.put(message)
-
-
-def next_of(sink: queue.Queue[Any], kind: type, timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            pytest.fail(f"no {kind.__name__} within {timeout} s")
-        try:
-            message = sink.get(timeout=remaining)
-        except queue.Empty:
-            continue
-        if isinstance(message, kind):
-            return message
-
-
-def stats(ref: pykka.ActorRef[Any]) -> WsStats:
-    result = ref.ask(WsGetStats(), timeout=5)
-    assert isinstance(result, WsStats)
-    return result
 
 
 def wait_state(ref: pykka.ActorRef[Any], state: str, timeout: float = 5.0) -> None:
@@ -438,16 +415,11 @@ class BlockingParse(JsonEndpoint):
 def test_flooding_peer_is_held_back_by_max_queue_and_nothing_is_lost(
     server: WsTestServer,
 ) -> None:
-    instances: list[WebSocketActor] = []
-
-    class Inspectable(WebSocketActor):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            instances.append(self)
+    actor_class, instances = inspectable()
 
     endpoint = BlockingParse()
     sink: queue.Queue[Any] = queue.Queue()
-    ref = Inspectable.start(
+    ref = actor_class.start(
         server.url, endpoint=endpoint, inbound=Collector.start(sink), max_queue=8
     )
     next_of(sink, WsConnected)
@@ -485,15 +457,10 @@ def test_header_values_are_never_logged(
 
 
 def test_backoff_resets_only_after_a_connection_that_stayed_up(server: WsTestServer) -> None:
-    instances: list[WebSocketActor] = []
-
-    class Inspectable(WebSocketActor):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            instances.append(self)
+    actor_class, instances = inspectable()
 
     backoff = WsBackoff(initial=0.01, factor=2.0, cap=0.05, reset_after=0.3)
-    ref = Inspectable.start(server.url, endpoint=JsonEndpoint(), backoff=backoff)
+    ref = actor_class.start(server.url, endpoint=JsonEndpoint(), backoff=backoff)
     wait_state(ref, "open")
     # Short-lived connections: the attempt counter keeps growing.
     server.set_accept_and_close(True)

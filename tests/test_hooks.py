@@ -37,14 +37,20 @@ from pykka_ws import (
     WsDelegatedRequest,
     WsDisconnected,
     WsEndpoint,
-    WsGetStats,
     WsInbound,
     WsRequestMatch,
-    WsStats,
 )
 from pykka_ws.testing import WsTestServer
 
-from .support import JsonEndpoint, req_frame, wait_no_library_threads, wait_until
+from .support import (
+    Collector,
+    JsonEndpoint,
+    next_of,
+    req_frame,
+    stats,
+    wait_no_library_threads,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -57,40 +63,11 @@ class HookError(Exception):
     """What the hostile hooks raise, to find it in the logs."""
 
 
-class Collector(pykka.ThreadingActor):
-    def __init__(self, sink: queue.Queue[Any]) -> None:
-        super().__init__()
-        self.sink = sink
-
-    def on_receive(self, message: Any) -> None:
-        self.sink.put(message)
-
-
 class Dying(pykka.ThreadingActor):
     """A subscriber whose on_receive raises: pykka stops it on the first message."""
 
     def on_receive(self, message: Any) -> None:
         raise HookError(f"subscriber fails on {message!r}")
-
-
-def next_of(sink: queue.Queue[Any], kind: type, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            pytest.fail(f"no {kind.__name__} within {timeout} s")
-        try:
-            message = sink.get(timeout=remaining)
-        except queue.Empty:
-            continue
-        if isinstance(message, kind):
-            return message
-
-
-def stats(ref: pykka.ActorRef[Any]) -> WsStats:
-    result = ref.ask(WsGetStats(), timeout=10)
-    assert isinstance(result, WsStats)
-    return result
 
 
 def start(url: str, endpoint: WsEndpoint, **kwargs: Any) -> pykka.ActorRef[Any]:

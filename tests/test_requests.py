@@ -22,16 +22,22 @@ from pykka_ws import (
     WsDelegatedOk,
     WsDelegatedRequest,
     WsEndpoint,
-    WsGetStats,
     WsRequestMatch,
     WsSend,
     WsSendRefused,
-    WsStats,
 )
 from pykka_ws._writer import WsWriter
 from pykka_ws.testing import FaultProxy, WsTestServer
 
-from .support import JsonEndpoint, json_reply, req_frame, wait_no_library_threads, wait_until
+from .support import (
+    JsonEndpoint,
+    inspectable,
+    json_reply,
+    req_frame,
+    stats,
+    wait_no_library_threads,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -42,12 +48,6 @@ def start(url: str, endpoint: WsEndpoint | None = None, **kwargs: Any) -> pykka.
     ref = WebSocketActor.start(url, endpoint=endpoint or JsonEndpoint(), **kwargs)
     wait_until(lambda: stats(ref).state == "open", 5.0, "the connection to open")
     return ref
-
-
-def stats(ref: pykka.ActorRef[Any]) -> WsStats:
-    result = ref.ask(WsGetStats(), timeout=5)
-    assert isinstance(result, WsStats)
-    return result
 
 
 # -- the outcomes -----------------------------------------------------------
@@ -240,14 +240,9 @@ def test_too_many_pending_then_recovers_after_expiry(server: WsTestServer) -> No
 def test_ten_thousand_expired_requests_leave_table_heap_and_queue_empty(
     server: WsTestServer,
 ) -> None:
-    instances: list[WebSocketActor] = []
+    actor_class, instances = inspectable()
 
-    class Inspectable(WebSocketActor):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            instances.append(self)
-
-    ref = Inspectable.start(
+    ref = actor_class.start(
         server.url, endpoint=JsonEndpoint(), max_pending_requests=20_000, outbound_capacity=20_000
     )
     for i in range(10_000):

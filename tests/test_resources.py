@@ -38,13 +38,18 @@ from pykka_ws import (
     WsBackoff,
     WsDelegatedRequest,
     WsEndpoint,
-    WsGetStats,
     WsRequestMatch,
-    WsStats,
 )
 from pykka_ws.testing import WsTestServer
 
-from .support import JsonEndpoint, library_threads, req_frame, wait_no_library_threads, wait_until
+from .support import (
+    JsonEndpoint,
+    library_threads,
+    req_frame,
+    stats,
+    wait_no_library_threads,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -136,12 +141,6 @@ class CountingEndpoint(WsEndpoint):
         if isinstance(frame, str) and frame.startswith("ok "):
             return WsRequestMatch(int(frame[3:]))
         return None
-
-
-def stats(ref: pykka.ActorRef[Any]) -> WsStats:
-    result = ref.ask(WsGetStats(), timeout=10)
-    assert isinstance(result, WsStats)
-    return result
 
 
 def fd_count() -> int:
