@@ -966,6 +966,9 @@ class WebSocketActor(pykka.ThreadingActor):
                 except Exception:  # noqa: BLE001
                     connection.abort()
             self._old_connections.append(connection)
+        for old in self._old_connections:
+            if old is not connection:
+                old.abort()  # dead already: free a writer still stuck on one
         if self._writer is not None:
             try:
                 self._writer.stop()
