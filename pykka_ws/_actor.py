@@ -464,6 +464,14 @@ class WebSocketActor(pykka.ThreadingActor):
         )
 
     def _on_send(self, message: WsSend) -> Deferred | None:
+        if self._state == CLOSED:
+            self._sends_refused += 1
+            return self._failed(
+                WsSendRefused(
+                    f"the actor is disconnected and will not reconnect ({self._last_error})",
+                    capacity=self._capacity,
+                )
+            )
         if self._queued >= self._capacity:
             self._sends_refused += 1
             if not self._refusing:  # a tell's refusal is silent otherwise: say it once
@@ -515,6 +523,15 @@ class WebSocketActor(pykka.ThreadingActor):
         """Record an entry's outcome; it is already out of the table."""
         if entry.claim is None and not entry.written:
             self._queued -= 1  # it was still in the queue; skipped when popped
+            if len(self._queue) > 2 * self._queued + 64:
+                # Many ended while queued (a long disconnect): drop them now
+                # so the queue stays within a constant factor of the live.
+                table_get = self._table.get
+                self._queue = deque(
+                    item
+                    for item in self._queue
+                    if not isinstance(item, Entry) or table_get(item.request_id) is item
+                )
         self._recent.add(entry.request_id)
         self._outcomes[outcome] += 1
         if isinstance(result, BaseException):
@@ -668,9 +685,30 @@ class WebSocketActor(pykka.ThreadingActor):
     # -- outbound -----------------------------------------------------------
 
     def _flush(self) -> None:
-        """Hand the next batch to the writer, if it is idle and we are open."""
-        if self._inflight is not None or self._state != OPEN or not self._queue:
+        """Hand the next batch to the writer, if it is idle and we are open.
+
+        Batches the owner writes itself (small ones, when idle) complete at
+        once, so this loops to the next batch; it never recurses.
+        """
+        while self._inflight is None and self._state == OPEN and self._queue:
+            batch, items = self._next_batch()
+            if batch is None:
+                return
+            self._inflight = (batch, items)
+            if len(items) <= _TRY_NOW_MAX_FRAMES and self.actor_inbox.empty():
+                # A few frames, an idle writer and nothing else to do: try a
+                # non-blocking write here, saving two thread hops. Under load
+                # (more messages waiting) the writer batches instead.
+                # Whatever would block goes on to the writer (which then
+                # owns websockets' lock until it is done).
+                result = batch.connection.try_write_now(batch, self._claim_lock)
+                if result is not None:
+                    self._complete_batch(batch, result)
+                    continue
+            self._hand_to_writer(batch)
             return
+
+    def _next_batch(self) -> tuple[WriteBatch | None, list[_Item]]:
         connection = self._connection
         assert connection is not None  # noqa: S101
         queue = self._queue
@@ -689,19 +727,10 @@ class WebSocketActor(pykka.ThreadingActor):
             items.append(item)
             claims.append(claim)
         if not items:
-            return
-        batch = WriteBatch(connection, generation, claims)
-        self._inflight = (batch, items)
-        if len(claims) <= _TRY_NOW_MAX_FRAMES and self.actor_inbox.empty():
-            # A few frames, an idle writer and nothing else to do: try a
-            # non-blocking write here, saving two thread hops. Under load
-            # (more messages waiting) the writer batches instead. Whatever
-            # would block goes on to the writer (which then owns websockets'
-            # lock until it is done).
-            result = connection.try_write_now(batch, self._claim_lock)
-            if result is not None:
-                self._on_write_done(_WriteDone(batch, result))
-                return
+            return None, items
+        return WriteBatch(connection, generation, claims), items
+
+    def _hand_to_writer(self, batch: WriteBatch) -> None:
         assert self._writer is not None  # noqa: S101
         future = cast("CallbackFuture", self._writer.ask(batch, block=False))
         owner = self.actor_ref
@@ -717,12 +746,16 @@ class WebSocketActor(pykka.ThreadingActor):
         future.add_done_callback(done)
 
     def _on_write_done(self, message: _WriteDone) -> None:
+        self._complete_batch(message.batch, message.result)
+        self._flush()
+
+    def _complete_batch(self, batch: WriteBatch, result: WriteResult) -> None:
+        """Account for a written batch: outcomes, requeues, a failed connection."""
         inflight = self._inflight
-        if inflight is None or inflight[0] is not message.batch:  # pragma: no cover
+        if inflight is None or inflight[0] is not batch:  # pragma: no cover
             return
         self._inflight = None
-        batch, items = inflight
-        result = message.result
+        items = inflight[1]
         self._frames_out += result.frames_out
         self._bytes_out += result.bytes_out
         error = result.error
@@ -757,7 +790,6 @@ class WebSocketActor(pykka.ThreadingActor):
             self._queued += len(requeue)
         if error is not None and batch.generation == self._generation and self._state == OPEN:
             self._connection_lost(error)
-        self._flush()
 
     def _on_written(self, entry: Entry) -> None:
         entry.written = True

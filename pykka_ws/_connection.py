@@ -284,21 +284,26 @@ class Connection(ClientConnection):
         index = 0
         if held is None:
             self.protocol_mutex.acquire()
-            if self.protocol.state is not State.OPEN:
-                error = ConnectionClosedError(None, None)
-        else:
-            frames_out, bytes_out, index = held.frames_out, held.bytes_out, held.next_index
-            done, error = self._send_window(held.data, held.window, held.ends)
-            frames_out += done
-            bytes_out += held.ends[done - 1] if done else 0
         try:
+            if held is not None:
+                frames_out, bytes_out, index = held.frames_out, held.bytes_out, held.next_index
+                done, sent, error = self._send_window(held.data, held.window, held.ends)
+                frames_out += done
+                bytes_out += sent
+            elif self.protocol.state is not State.OPEN:
+                error = ConnectionClosedError(None, None)
             while index < len(claims) and error is None:
-                index, window, ends, data = self._encode_window(claims, index, claim_lock)
+                try:
+                    index, window, ends, data = self._encode_window(claims, index, claim_lock)
+                except Exception as exc:  # noqa: BLE001 - the stream is unusable now
+                    _set_transport_error(self, exc)
+                    error = exc
+                    break
                 if not window:
                     break
-                done, error = self._send_window(data, window, ends)
+                done, sent, error = self._send_window(data, window, ends)
                 frames_out += done
-                bytes_out += ends[done - 1] if done else 0
+                bytes_out += sent
         finally:
             self.protocol_mutex.release()
         if error is not None and not isinstance(error, ConnectionClosed):
@@ -319,35 +324,46 @@ class Connection(ClientConnection):
             return None
         if not self.protocol_mutex.acquire(blocking=False):
             return None
-        if self.protocol.state is not State.OPEN:
-            self.protocol_mutex.release()
-            return None
+        result: WriteResult | None = None
+        handed_over = False
+        try:
+            if self.protocol.state is State.OPEN:
+                result, handed_over = self._write_now(batch, claim_lock)
+        finally:
+            if not handed_over:
+                self.protocol_mutex.release()
+        if result is not None and result.error is not None:
+            self.close_socket()  # as websockets does after a failed write
+        return result
+
+    def _write_now(
+        self, batch: WriteBatch, claim_lock: threading.Lock
+    ) -> tuple[WriteResult | None, bool]:
+        """`try_write_now` under the lock: (result, whether the lock is handed over)."""
         claims = batch.claims
-        index, window, ends, data = self._encode_window(claims, 0, claim_lock)
-        sent = 0
-        error: BaseException | None = None
+        try:
+            index, window, ends, data = self._encode_window(claims, 0, claim_lock)
+        except Exception as exc:  # noqa: BLE001 - the stream is unusable now
+            _set_transport_error(self, exc)
+            return WriteResult(0, 0, exc), False
         try:
             sent = self.socket.send(data, _MSG_DONTWAIT)
         except BlockingIOError:
             sent = 0
         except Exception as exc:  # noqa: BLE001 - reported, and the connection failed
-            error = exc
             _set_transport_error(self, exc)
+            return WriteResult(0, 0, exc), False
         done = 0
         while done < len(window) and ends[done] <= sent:
             window[done].state = DONE
             done += 1
-        bytes_out = ends[done - 1] if done else 0
-        if error is not None or (sent == len(data) and index == len(claims)):
-            self.protocol_mutex.release()
-            if error is not None:
-                self.close_socket()
-            return WriteResult(done, bytes_out, error)
+        if sent == len(data) and index == len(claims):
+            return WriteResult(done, sent, None), False
         # Partly written: the writer sends the rest before anything else can
         # be written, so the lock stays held until it has.
         rest = [end - sent for end in ends[done:]]
-        batch.held = Held(data[sent:], window[done:], rest, index, done, bytes_out)
-        return None
+        batch.held = Held(data[sent:], window[done:], rest, index, done, sent)
+        return None, True
 
     def _encode_window(
         self, claims: list[Claim], index: int, claim_lock: threading.Lock
@@ -379,8 +395,11 @@ class Connection(ClientConnection):
 
     def _send_window(
         self, data: bytes, window: list[Claim], ends: list[int]
-    ) -> tuple[int, BaseException | None]:
-        """Send ``data``; mark each claim DONE once its last byte is taken."""
+    ) -> tuple[int, int, BaseException | None]:
+        """Send ``data``; mark each claim DONE once its last byte is taken.
+
+        Returns the claims done, the bytes sent and the error, if any.
+        """
         sock = self.socket
         view = memoryview(data)
         sent = 0
@@ -398,9 +417,9 @@ class Connection(ClientConnection):
         except Exception as exc:  # noqa: BLE001 - reported, and the connection failed
             error = exc
         else:
-            return done, None
+            return done, sent, None
         _set_transport_error(self, error)
-        return done, error
+        return done, sent, error
 
     def drop(self) -> None:
         """Stop delivering to the owner (it is stopping): never block on it."""

@@ -112,7 +112,7 @@ class EndpointRejected(WsDelegatedError):
 
 
 class WsSendRefused(Exception):
-    """A `WsSend` was refused because the outbound queue is full.
+    """A `WsSend` was refused: the outbound queue is full, or the actor will not reconnect.
 
     Attributes:
         capacity: The configured ``outbound_capacity``.

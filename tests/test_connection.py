@@ -25,6 +25,7 @@ from pykka_ws import (
     WsInbound,
     WsLateResponse,
     WsSend,
+    WsSendRefused,
 )
 from pykka_ws.testing import FaultProxy, WsTestServer
 
@@ -475,3 +476,50 @@ def test_backoff_resets_only_after_a_connection_that_stayed_up(server: WsTestSer
     server.close_connections()
     wait_until(lambda: stats(ref).state != "open", 5.0, "the close")
     assert instances[0]._attempt == 1
+
+
+def test_many_small_batches_drain_without_recursion_when_the_connection_opens(
+    server: WsTestServer,
+) -> None:
+    server.set_reject_handshake(503)
+    server.set_silent(True)
+    ref = start(server.url, max_batch=1, outbound_capacity=5000)
+    frames = [f"f{i}" for i in range(3000)]
+    for frame in frames:
+        ref.tell(WsSend(frame))
+    assert stats(ref).queued == 3000
+    server.set_reject_handshake(None)
+    assert server.wait_for_received(3000, timeout=20) == frames
+    after = stats(ref)
+    assert after.queued == 0
+    assert after.frames_out == 3000
+    assert ref.stop(timeout=10)
+    wait_no_library_threads()
+
+
+def test_requests_that_expire_while_queued_do_not_pile_up(server: WsTestServer) -> None:
+    actor_class, instances = inspectable()
+    server.set_reject_handshake(503)
+    ref = actor_class.start(
+        server.url,
+        endpoint=JsonEndpoint(),
+        backoff=WsBackoff(initial=5.0, cap=5.0),
+        max_pending_requests=5000,
+    )
+    futures = [
+        ref.ask(WsDelegatedRequest(i, req_frame(i), timeout=0.05), block=False) for i in range(2000)
+    ]
+    for future in futures:
+        with pytest.raises(NotDelivered):
+            future.get(timeout=10)
+    assert stats(ref).queued == 0
+    assert len(instances[0]._queue) <= 64
+
+
+def test_send_after_giving_up_is_refused_with_the_reason(server: WsTestServer) -> None:
+    server.set_reject_handshake(401)
+    ref = start(server.url)
+    wait_state(ref, "closed")
+    with pytest.raises(WsSendRefused, match="will not reconnect"):
+        ref.ask(WsSend("late"), timeout=10)
+    assert stats(ref).queued == 0
