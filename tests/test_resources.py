@@ -354,6 +354,29 @@ def test_a_flood_of_small_frames_while_the_actor_is_stuck_is_held_back_by_max_qu
     wait_no_library_threads(10)
 
 
+def flood_peak(url: str, *, replaced: int) -> tuple[Any, Any, int]:
+    """Start an actor with max_size=64 KiB against a flooding server.
+
+    Returns the actor, its inbound counter and the peak traced memory
+    (bytes) until ``replaced`` connections have been failed and replaced.
+    """
+    counter = Tally.start()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        baseline = tracemalloc.get_traced_memory()[0]
+        ref = WebSocketActor.start(
+            url, endpoint=JsonEndpoint(), inbound=counter, backoff=FAST, max_size=64 * 1024
+        )
+        wait_until(
+            lambda: stats(ref).reconnects >= replaced, 30, f"{replaced} connections replaced"
+        )
+        peak = tracemalloc.get_traced_memory()[1] - baseline
+    finally:
+        tracemalloc.stop()
+    return ref, counter, peak
+
+
 @pytest.mark.parametrize("compression", ["none", "deflate"])
 def test_a_flood_of_oversized_frames_fails_each_connection_without_buffering_them(
     compression: str,
@@ -362,18 +385,7 @@ def test_a_flood_of_oversized_frames_fails_each_connection_without_buffering_the
     # "decompression bomb" on the wire; uncompressed, 8 MiB of bytes.
     size = 8 * 2**20
     with child_server("oversize", 3, size, compression) as url:
-        counter = Tally.start()
-        gc.collect()
-        tracemalloc.start()
-        try:
-            baseline = tracemalloc.get_traced_memory()[0]
-            ref = WebSocketActor.start(
-                url, endpoint=JsonEndpoint(), inbound=counter, backoff=FAST, max_size=64 * 1024
-            )
-            wait_until(lambda: stats(ref).reconnects >= 5, 30, "five connections replaced")
-            peak = tracemalloc.get_traced_memory()[1] - baseline
-        finally:
-            tracemalloc.stop()
+        ref, counter, peak = flood_peak(url, replaced=5)
         after = stats(ref)
         print(  # noqa: T201
             f"\noversized flood ({compression}): {after.reconnects} connections failed and "
@@ -392,18 +404,7 @@ def test_a_message_of_many_small_fragments_over_max_size_fails_the_connection() 
     # Each fragment is small; the message is 8 MiB. max_size bounds the whole
     # message, so the client gives up at 64 KiB instead of assembling it.
     with child_server("fragments", 8 * 1024, 1024, "none") as url:
-        counter = Tally.start()
-        gc.collect()
-        tracemalloc.start()
-        try:
-            baseline = tracemalloc.get_traced_memory()[0]
-            ref = WebSocketActor.start(
-                url, endpoint=JsonEndpoint(), inbound=counter, backoff=FAST, max_size=64 * 1024
-            )
-            wait_until(lambda: stats(ref).reconnects >= 3, 30, "three connections replaced")
-            peak = tracemalloc.get_traced_memory()[1] - baseline
-        finally:
-            tracemalloc.stop()
+        ref, counter, peak = flood_peak(url, replaced=3)
         after = stats(ref)
         print(  # noqa: T201
             f"\nfragmented flood: {after.reconnects} connections failed and replaced; peak "
