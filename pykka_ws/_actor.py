@@ -27,7 +27,6 @@ import pykka
 from websockets.exceptions import InvalidURI
 from websockets.uri import parse_uri
 
-from pykka_ws._aio import AsyncAsk
 from pykka_ws._connection import (
     Closed,
     Connection,
@@ -47,7 +46,13 @@ from pykka_ws._errors import (
     Unconfirmed,
     WsSendRefused,
 )
-from pykka_ws._futures import CallbackFuture, Deferred, ReplyFuture
+from pykka_ws._futures import (
+    CallbackFuture,
+    Deferred,
+    ReplyFuture,
+    mark_owner_thread,
+    unmark_owner_thread,
+)
 from pykka_ws._messages import (
     WsBackoff,
     WsConfirmMode,
@@ -80,6 +85,7 @@ from pykka_ws._writer import (
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
+    from pykka_ws._connection import Sink
     from pykka_ws._messages import Frame
     from pykka_ws._scheduler import TimerHandle
 
@@ -132,10 +138,32 @@ class _WriteDone:
         self.result = result
 
 
+class _Deliver:
+    """Tell the next slice of waiters their outcome (told to itself)."""
+
+    __slots__ = ()
+
+
+_SLICE = 512
+"""Most outcomes decided or told per message handled: bulk work (100,000
+requests ending at a disconnect, a deadline or a stop) goes in slices with
+the inbox let through between them."""
+
+
 class _Expire:
     """Time to expire due requests (told by the scheduler)."""
 
     __slots__ = ()
+
+
+class _CreditCheck:
+    """Look again whether the subscribers have room (told by the scheduler)."""
+
+    __slots__ = ()
+
+
+_CREDIT_POLL = 0.002
+"""Seconds between looks at a full subscriber's inbox while reading is paused."""
 
 
 class _Reconnect:
@@ -190,6 +218,18 @@ class WebSocketActor(pykka.ThreadingActor):
             handled; beyond it the connection stops reading from the socket
             (TCP backpressure) until the actor catches up, so a flooding
             peer cannot grow memory without bound.
+        subscriber_queue: Most messages waiting in an inbound subscriber's
+            inbox. While one is that full, frames are not credited back to
+            the receiving thread, so after ``max_queue`` more it stops
+            reading (a slow subscriber slows the socket; nothing is dropped,
+            order is kept). Memory stays bounded end to end: at most
+            ``max_queue`` frames in this actor's inbox and
+            ``subscriber_queue + max_queue`` in a subscriber's.
+        subscriber_overflow: ``"block"`` (default: as above) or ``"drop"``:
+            a frame (`WsInbound`, `WsLateResponse`) for a subscriber whose
+            inbox is full is not told to it and counted in
+            `WsStats.inbound_dropped`; reading never pauses. Events
+            (`WsConnected`, `WsDisconnected`) are always told.
         ssl: An `ssl.SSLContext` for ``wss://``; default: the system's
             trusted CAs, with certificate and host name checks on.
         server_hostname: Host name to check the certificate against, when it
@@ -226,6 +266,8 @@ class WebSocketActor(pykka.ThreadingActor):
         ping_timeout: float | None = 20.0,
         max_size: int | None = 2**20,
         max_queue: int = 1024,
+        subscriber_queue: int = 1024,
+        subscriber_overflow: str = "block",
         ssl: ssl_module.SSLContext | None = None,
         server_hostname: str | None = None,
         additional_headers: Mapping[str, str] | None = None,
@@ -271,6 +313,21 @@ class WebSocketActor(pykka.ThreadingActor):
         if max_size is not None:
             max_size = _check_count(max_size, "max_size")
         self._max_queue = _check_count(max_queue, "max_queue")
+        self._subscriber_queue = _check_count(subscriber_queue, "subscriber_queue")
+        if subscriber_overflow not in {"block", "drop"}:
+            msg = f'subscriber_overflow must be "block" or "drop", not {subscriber_overflow!r}'
+            raise ValueError(msg)
+        self._subscriber_overflow = subscriber_overflow
+        # Pause reading for a full subscriber (the default), or drop for it.
+        self._throttle = subscriber_overflow == "block"
+        self._owed = 0  # frames handled but not credited to the receiving thread
+        self._owed_sink: Sink | None = None
+        self._credit_timer: TimerHandle | None = None
+        self._inbound_dropped = 0
+        # Outcomes decided in bulk, their waiters not yet told: (entries,
+        # outcome, why), told in slices by _on_deliver.
+        self._deliveries: deque[tuple[list[Entry], str, str]] = deque()
+        self._delivering = False
         if ssl is not None and not isinstance(ssl, ssl_module.SSLContext):
             msg = f"ssl must be an ssl.SSLContext, not {type(ssl).__name__}"
             raise TypeError(msg)
@@ -324,12 +381,14 @@ class WebSocketActor(pykka.ThreadingActor):
         self._reconnect_timer: TimerHandle | None = None
 
         self._reconnects = 0
+        self._opened = 0  # connections that opened; self._generation counts attempts
         self._frames_in = 0
         self._frames_out = 0
         self._bytes_in = 0
         self._bytes_out = 0
         self._outcomes = dict.fromkeys(_OUTCOMES, 0)
         self._sends_refused = 0
+        self._stray_replies = 0
         self._refusing = False
         self._hook_errors = 0
         self._internal_errors = 0
@@ -346,13 +405,15 @@ class WebSocketActor(pykka.ThreadingActor):
             OpenFailed: self._on_open_failed,
             Closed: self._on_closed,
             _Reconnect: self._on_reconnect,
-            AsyncAsk: self._on_async_ask,
+            _CreditCheck: self._on_credit_check,
+            _Deliver: self._on_deliver,
         }
 
     # -- lifecycle ----------------------------------------------------------
 
     def on_start(self) -> None:
         """Start the writer and the first connection attempt."""
+        mark_owner_thread()
         SCHEDULER.acquire()
         self._writer = WsWriter.start(self._claim_lock)
         # The writer is internal: pykka's stop_all() must not stop it before
@@ -362,11 +423,17 @@ class WebSocketActor(pykka.ThreadingActor):
 
     def on_stop(self) -> None:
         """End every request, close the connection, join every thread."""
-        self._shutdown()
+        try:
+            self._shutdown()
+        finally:
+            unmark_owner_thread()
 
     def on_failure(self, *_exc_info: object) -> None:
         """Clean up as on stop, should a handler ever fail."""
-        self._shutdown()
+        try:
+            self._shutdown()
+        finally:
+            unmark_owner_thread()
 
     def on_receive(self, message: Any) -> Any:
         """Dispatch a message to its handler."""
@@ -388,14 +455,6 @@ class WebSocketActor(pykka.ThreadingActor):
             logger.exception("pykka-ws: internal error handling %r", message)
             return self._failed(exc)
 
-    def _on_async_ask(self, message: AsyncAsk) -> None:
-        waiter = message.waiter
-        result = self.on_receive(message.message)
-        if isinstance(result, Deferred):
-            result.add_waiter(waiter)
-        else:
-            waiter.set_now(result)
-
     # -- requests -----------------------------------------------------------
 
     def _on_request(self, request: WsDelegatedRequest) -> Deferred:
@@ -412,13 +471,20 @@ class WebSocketActor(pykka.ThreadingActor):
                 )
             )
         if deadline <= time.monotonic():
-            self._outcomes["not_delivered"] += 1
-            return self._failed(
-                NotDelivered(
-                    f"request {request_id!r}: its deadline passed before the actor saw it",
-                    request_id=request_id,
+            entry = self._table.get(request_id)
+            if entry is None:
+                self._outcomes["not_delivered"] += 1
+                return self._failed(
+                    NotDelivered(
+                        f"request {request_id!r}: its deadline passed before the actor saw it",
+                        request_id=request_id,
+                    )
                 )
-            )
+            if entry.fingerprint == request.join_key and entry.confirm_mode is request.confirm_mode:
+                # A joiner already out of time: what the shared entry would
+                # get at a deadline now, so the outcome describes the id's
+                # frame (never "not delivered" while that frame is on the wire).
+                return self._joiner_expired(entry)
         result, entry = self._table.insert_or_join(
             request_id, request.join_key, request.confirm_mode, deadline, request.frame
         )
@@ -463,6 +529,40 @@ class WebSocketActor(pykka.ThreadingActor):
             )
         )
 
+    def _joiner_expired(self, entry: Entry) -> Deferred:
+        """Resolve a late joiner as ``entry`` would end at a deadline now; keep the entry."""
+        request_id = entry.request_id
+        why = f"request {request_id!r}: its deadline passed before the actor saw it"
+        claim = entry.claim
+        state = claim.state if claim is not None else PENDING
+        deferred = Deferred()
+        if entry.written or state == DONE:
+            if entry.confirm_mode is WsConfirmMode.SENT:
+                self._outcomes["sent"] += 1
+                deferred.resolve(WsDelegatedOk(request_id, confirmed=False))
+                return deferred
+            error: BaseException = Unconfirmed(
+                f"{why}; the frame of that id was written, with no reply yet",
+                request_id=request_id,
+                written=True,
+            )
+            outcome = "unconfirmed"
+        elif state == STARTED:
+            error = Unconfirmed(
+                f"{why}; the frame of that id is being written",
+                request_id=request_id,
+                written=False,
+            )
+            outcome = "unconfirmed"
+        else:
+            error = NotDelivered(
+                f"{why}; the frame of that id has not been written", request_id=request_id
+            )
+            outcome = "not_delivered"
+        self._outcomes[outcome] += 1
+        deferred.fail(error)
+        return deferred
+
     def _on_send(self, message: WsSend) -> Deferred | None:
         if self._state == CLOSED:
             self._sends_refused += 1
@@ -499,6 +599,8 @@ class WebSocketActor(pykka.ThreadingActor):
             state=self._state,
             connected_since=self._connected_since,
             reconnects=self._reconnects,
+            attempts=self._generation,
+            internal_errors=self._internal_errors,
             pending=len(self._table),
             queued=self._queued,
             frames_in=self._frames_in,
@@ -507,6 +609,8 @@ class WebSocketActor(pykka.ThreadingActor):
             bytes_out=self._bytes_out,
             outcomes=dict(self._outcomes),
             sends_refused=self._sends_refused,
+            stray_replies=self._stray_replies,
+            inbound_dropped=self._inbound_dropped,
             hook_errors=self._hook_errors,
             last_error=self._last_error,
         )
@@ -582,9 +686,56 @@ class WebSocketActor(pykka.ThreadingActor):
 
     def _on_expire(self, _message: _Expire) -> None:
         self._expiry_timer = None
-        for entry in self._table.expire_due():
+        due = self._table.expire_due(limit=_SLICE)
+        for entry in due:
             self._classify_unfinished(entry, "deadline passed")
+        if len(due) == _SLICE:
+            # Maybe more are due: let the inbox through, then go on.
+            self._expiry_timer = SCHEDULER.call_at(0.0, self.actor_ref, _Expire())
+            return
         self._schedule_expiry(None)
+
+    # -- outcomes in bulk ---------------------------------------------------
+
+    def _end_many(self, entries: list[Entry], outcome: str, why: str) -> None:
+        """End many entries at once (out of the table, not queued).
+
+        The bookkeeping is done now (table, recent ids, counters), so the
+        actor's state is exactly as if each had ended; their waiters are told
+        in slices of `_SLICE`, with the inbox let through between slices
+        (``WsGetStats`` and new requests are not held up by 100,000 wake-ups).
+        """
+        self._table.remove_many(entries)
+        self._recent.add_many([entry.request_id for entry in entries])
+        self._outcomes[outcome] += len(entries)
+        self._deliveries.append((entries, outcome, why))
+        if not self._delivering:
+            self._delivering = True
+            self.actor_ref.tell(_Deliver())
+
+    def _on_deliver(self, _message: _Deliver) -> None:
+        self._deliver(_SLICE)
+        if self._deliveries:
+            self.actor_ref.tell(_Deliver())
+        else:
+            self._delivering = False
+
+    def _deliver(self, budget: int) -> None:
+        """Tell up to ``budget`` waiters of bulk outcomes theirs."""
+        deliveries = self._deliveries
+        while deliveries and budget:
+            entries, outcome, why = deliveries[0]
+            while entries and budget:
+                entry = entries.pop()  # the order waiters are told in is no promise
+                budget -= 1
+                request_id = entry.request_id
+                message = f"request {request_id!r}: {why}"
+                if outcome == "unconfirmed":
+                    entry.fail(Unconfirmed(message, request_id=request_id, written=True))
+                else:
+                    entry.fail(NotDelivered(message, request_id=request_id))
+            if not entries:
+                deliveries.popleft()
 
     def _schedule_expiry(self, deadline: float | None) -> None:
         """Make sure a timer fires by the earliest pending deadline."""
@@ -602,7 +753,6 @@ class WebSocketActor(pykka.ThreadingActor):
     # -- inbound ------------------------------------------------------------
 
     def _on_inbound(self, message: Inbound) -> None:
-        message.sink.handled()
         frame = message.frame
         self._frames_in += 1
         self._bytes_in += message.size
@@ -611,10 +761,59 @@ class WebSocketActor(pykka.ThreadingActor):
             if not isinstance(match, WsRequestMatch):
                 self._hook_garbage("match_response", match)
             elif self._on_match(match, frame):
+                self._credit(message.sink)
                 return
         parsed = self._call_hook("parse", frame)
         if parsed is not None:
-            self._publish(WsInbound(frame, parsed))
+            self._publish(WsInbound(frame, parsed), frame=True)
+        self._credit(message.sink)
+
+    # -- subscriber flow control ---------------------------------------------
+
+    def _credit(self, sink: Sink) -> None:
+        """Give the receiving thread back room for one frame, unless a subscriber is full.
+
+        The bound holds end to end: the receiving thread stops reading once
+        ``max_queue`` frames are told and not credited, and a frame is only
+        credited once every subscriber's inbox is below ``subscriber_queue``.
+        So a slow subscriber slows the socket (TCP backpressure, nothing
+        dropped, order kept) instead of growing its inbox without bound.
+        """
+        if self._owed:
+            if sink is self._owed_sink:
+                self._owed += 1
+                return
+            self._release_owed()  # an older connection's: let its thread end
+        if self._throttle and self._subscriber_full():
+            self._owed_sink = sink
+            self._owed = 1
+            if self._credit_timer is None:
+                self._credit_timer = SCHEDULER.call_later(
+                    _CREDIT_POLL, self.actor_ref, _CreditCheck()
+                )
+            return
+        sink.handled()
+
+    def _subscriber_full(self) -> bool:
+        limit = self._subscriber_queue
+        return any(_inbox_size(ref) >= limit for ref in self._inbound)
+
+    def _on_credit_check(self, _message: _CreditCheck) -> None:
+        self._credit_timer = None
+        sink = self._owed_sink
+        if not self._owed or sink is None:
+            return
+        if self._subscriber_full():
+            self._credit_timer = SCHEDULER.call_later(_CREDIT_POLL, self.actor_ref, _CreditCheck())
+            return
+        self._release_owed()
+
+    def _release_owed(self) -> None:
+        sink, owed = self._owed_sink, self._owed
+        self._owed, self._owed_sink = 0, None
+        if sink is not None:
+            for _ in range(owed):
+                sink.handled()
 
     def _on_match(self, match: WsRequestMatch, frame: Frame) -> bool:
         """Complete the request a reply matches; return whether it was one."""
@@ -632,20 +831,23 @@ class WebSocketActor(pykka.ThreadingActor):
         entry = self._table.get(request_id)
         if entry is None:
             if request_id in self._recent:
-                self._publish(WsLateResponse(request_id, frame))
+                self._publish(WsLateResponse(request_id, frame), frame=True)
                 return True
             return False
+        if not entry.written and not self._write_started(entry):
+            # Its frame has not reached the socket (still queued, or its
+            # claim is PENDING): this cannot be its reply (a stale reply to
+            # an earlier use of the id, a spoof, a server bug). It confirms
+            # nothing; the request stays queued and is written as usual.
+            self._stray_replies += 1
+            self._publish(WsLateResponse(entry.request_id, frame), frame=True)
+            return True
         self._table.remove(entry)
         request_id = entry.request_id  # the request's own, not an equal one
-        claim = entry.claim
-        if claim is not None and not entry.written:
-            with self._claim_lock:
-                if claim.state == PENDING:
-                    claim.state = CANCELLED  # answered: never send it
         if entry.confirm_mode is WsConfirmMode.SENT:
             # The reply proves the write; it is never "re-confirmed".
             self._end_sent(entry)
-            self._publish(WsLateResponse(request_id, frame))
+            self._publish(WsLateResponse(request_id, frame), frame=True)
         elif match.ok:
             ok = WsDelegatedOk(request_id, True, frame, match.rate_limit_feedback)  # noqa: FBT003
             self._end(entry, "confirmed", ok)
@@ -661,8 +863,19 @@ class WebSocketActor(pykka.ThreadingActor):
             self._end(entry, "rejected", error)
         return True
 
-    def _publish(self, message: object) -> None:
+    def _write_started(self, entry: Entry) -> bool:
+        """Whether the entry's frame has started writing (claim STARTED or DONE)."""
+        claim = entry.claim
+        # No lock: if the writer starts it just after this read, it still
+        # had not started when the reply (received before) was read.
+        return claim is not None and claim.state in {STARTED, DONE}
+
+    def _publish(self, message: object, *, frame: bool = False) -> None:
+        drop = frame and self._subscriber_overflow == "drop"
         for ref in list(self._inbound):
+            if drop and _inbox_size(ref) >= self._subscriber_queue:
+                self._inbound_dropped += 1
+                continue
             try:
                 ref.tell(message)
             except pykka.ActorDeadError:
@@ -838,12 +1051,13 @@ class WebSocketActor(pykka.ThreadingActor):
         self._connection = message.connection
         self._opened_at = time.monotonic()
         self._connected_since = time.time()
-        if message.generation > 1:
+        self._opened += 1
+        if self._opened > 1:
             self._reconnects += 1
         # on_open() runs first: a subscriber reacting to WsConnected by
         # changing the endpoint's state cannot race this connection's frames.
         preamble = self._on_open_frames()
-        self._publish(WsConnected(self._url, message.generation))
+        self._publish(WsConnected(self._url, self._opened))
         if preamble:
             self._queue.extendleft(reversed(preamble))
             self._queued += len(preamble)
@@ -885,6 +1099,8 @@ class WebSocketActor(pykka.ThreadingActor):
         self._connection = None
         if connection is not None:
             self._old_connections.append(connection)
+        if self._owed:
+            self._release_owed()  # a receiving thread paused on them must see the end
         generation = self._generation
         # Handed to the writer but not started: back to the front, in order.
         inflight = self._inflight
@@ -908,10 +1124,9 @@ class WebSocketActor(pykka.ThreadingActor):
             self._queued -= len(self._queue) - len(kept)
             self._queue = deque(kept)
         # Written and waiting for a reply on this connection: none can come.
-        for entry in self._table:
-            if entry.written and entry.generation == generation:
-                self._table.remove(entry)
-                self._end_unconfirmed(entry, "its connection was lost with no reply", written=True)
+        lost = [e for e in self._table if e.written and e.generation == generation]
+        if lost:
+            self._end_many(lost, "unconfirmed", "its connection was lost with no reply")
         self._after_disconnect(cause)
 
     def _after_disconnect(self, cause: BaseException | None, *, was_open: bool = True) -> None:
@@ -924,15 +1139,20 @@ class WebSocketActor(pykka.ThreadingActor):
         if not isinstance(reconnect, bool):
             self._hook_garbage("on_disconnect", reconnect)
             reconnect = WsEndpoint.on_disconnect(self._endpoint, cause)
-        self._publish(WsDisconnected(cause, generation, reconnecting=reconnect, was_open=was_open))
+        number = self._opened if was_open else self._opened + 1
+        self._publish(WsDisconnected(cause, number, reconnecting=reconnect, was_open=was_open))
         if not reconnect:
             self._state = CLOSED
             logger.warning("pykka-ws: not reconnecting to %s: %s", self._url, self._last_error)
-            for item in self._queue:
-                if isinstance(item, Entry) and self._table.remove(item):
-                    self._end_not_delivered(item, "the actor will not reconnect")
+            table_get = self._table.get
+            queued = [
+                item
+                for item in self._queue
+                if isinstance(item, Entry) and table_get(item.request_id) is item
+            ]
             self._queue.clear()
             self._queued = 0
+            self._end_many(queued, "not_delivered", "the actor will not reconnect")
             return
         self._state = BACKOFF
         if lived >= self._backoff.reset_after:
@@ -967,6 +1187,7 @@ class WebSocketActor(pykka.ThreadingActor):
         if self._state == STOPPED:
             return
         self._state = STOPPED
+        self._deliver(len(self._table) + sum(len(d[0]) for d in self._deliveries))
         for timer in (self._expiry_timer, self._reconnect_timer):
             if timer is not None:
                 timer.cancel()
@@ -1006,13 +1227,25 @@ class WebSocketActor(pykka.ThreadingActor):
                 self._writer.stop()
             except pykka.ActorDeadError:  # pragma: no cover
                 pass
-        if self._connector is not None:
-            self._connector.join()
+        connector, self._connector = self._connector, None
+        if connector is not None and not (self._slot is not None and self._slot.resolving):
+            # Cancelled above, it ends at once (its connect, TLS or WebSocket
+            # handshake aborted); close_timeout only bounds the wait. The one
+            # exception is a DNS lookup, which cannot be interrupted: the
+            # connector is not waited for then, and exits by itself (a daemon
+            # thread, connecting nothing) as soon as the lookup returns.
+            connector.join(self._connect_kwargs["close_timeout"])
         for old in self._old_connections:
             old.abort()
             old.join_threads()
         self._old_connections.clear()
         SCHEDULER.release()
+
+
+def _inbox_size(ref: pykka.ActorRef[Any]) -> int:
+    """Messages waiting in an actor's inbox (0 if its inbox cannot say)."""
+    qsize = getattr(ref.actor_inbox, "qsize", None)  # queue.Queue for ThreadingActor
+    return qsize() if qsize is not None else 0
 
 
 def _describe(cause: BaseException | None) -> str | None:

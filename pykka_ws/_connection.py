@@ -17,12 +17,16 @@ events from a connection it has already given up on.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import selectors
 import socket
 import ssl
 import struct
 import sys
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from pykka import ActorDeadError
@@ -37,6 +41,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from pykka import ActorRef
+    from websockets.client import ClientProtocol
     from websockets.protocol import Event
     from websockets.uri import WebSocketURI
 
@@ -182,11 +187,14 @@ class Sink:
 class Connection(ClientConnection):
     """websockets' client connection, delivering messages to the owner actor."""
 
-    def __init__(self, *args: Any, sink: Sink, **kwargs: Any) -> None:
+    def __init__(
+        self, sock: socket.socket, protocol: ClientProtocol, *, sink: Sink, **kwargs: Any
+    ) -> None:
         self._sink = sink
         self._fragments: list[bytes] = []
         self._fragments_text = False
-        super().__init__(*args, **kwargs)
+        _discard_data_after_close(protocol)  # before the receiving thread starts
+        super().__init__(sock, protocol, **kwargs)
         self.recv_events_thread.name = f"pykka-ws-recv-{sink.generation}"
 
     def maybe_raise_legacy_warning(self) -> None:
@@ -441,6 +449,31 @@ class Connection(ClientConnection):
                 thread.join()
 
 
+def _discard_data_after_close(protocol: ClientProtocol) -> None:
+    """Let ``protocol`` drop data that arrives once its connection is closed.
+
+    websockets' receiving thread reads from the socket, then takes the
+    protocol lock to feed what it read. If another thread closes the
+    connection in between (``close_socket()``: our `Connection.abort` in
+    ``stop()``, websockets' own close timeout, a failed write), the
+    protocol's stream has ended and ``receive_data()`` raises `EOFError`,
+    which websockets logs as an ERROR "unexpected internal error" with a
+    traceback, for a normal stop. The connection is closed by then: the data
+    is moot, and dropping it is what websockets does with anything that
+    arrives after close. The receiving thread then ends as usual.
+    """
+    receive_data = protocol.receive_data
+
+    def receive_data_unless_closed(data: bytes | bytearray) -> None:
+        try:
+            receive_data(data)
+        except EOFError:
+            if protocol.state is not State.CLOSED:  # pragma: no cover - not this race
+                raise
+
+    protocol.receive_data = receive_data_unless_closed  # type: ignore[method-assign]
+
+
 def set_write_timeout(sock: socket.socket, seconds: float) -> None:
     """Bound how long a send may make no progress, without touching reads.
 
@@ -458,36 +491,209 @@ def set_write_timeout(sock: socket.socket, seconds: float) -> None:
 
 
 class ConnectorSlot:
-    """Hands a connection attempt's socket and result over to ``stop()``.
+    """Hands a connection attempt over to ``stop()``, and lets it abort the attempt.
 
     The owner cancels the slot when it stops; the connector checks it under
     the lock before publishing a connection, so a connection that finishes
     opening while the owner stops is closed, never leaked.
+
+    `cancel` also ends the attempt at once, in whichever step it is: the TCP
+    connect (the connector waits on the connecting socket together with the
+    slot's wakeup, which `cancel` triggers), and the TLS and WebSocket
+    handshakes (`cancel` shuts the socket down, which fails the read they
+    wait on). The one step it cannot end is the DNS lookup: ``getaddrinfo()``
+    cannot be interrupted. The connector thread (a daemon) then lives on until
+    the lookup returns, sees the slot cancelled, and exits without connecting.
     """
 
-    __slots__ = ("cancelled", "connection", "lock", "sock")
+    __slots__ = ("_wake_r", "_wake_w", "cancelled", "connection", "lock", "resolving", "sock")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.cancelled = False
+        # True while the connector is in the DNS lookup, which nothing can
+        # interrupt: stop() does not wait for the connector then.
+        self.resolving = False
+        # The socket of the attempt (a duplicate of its descriptor, so that
+        # it still refers to the connection once TLS has taken the original).
         self.sock: socket.socket | None = None
         self.connection: Connection | None = None
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
 
     def cancel(self) -> Connection | None:
-        """Abort a handshake under way; return the connection if one was made.
+        """Abort an attempt under way; return the connection if one was made.
 
         A connection returned here is the owner's to close: it may or may
-        not have been adopted already.
+        not have been adopted already. Never blocks.
         """
         with self.lock:
             self.cancelled = True
-            sock, connection = self.sock, self.connection
-        if connection is None and sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            connection = self.connection
+            if self._wake_w is not None:
+                try:
+                    self._wake_w.send(b"\0")
+                except OSError:  # full (already woken) or closed
+                    pass
+            if connection is None and self.sock is not None:
+                try:
+                    self.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
         return connection
+
+    def check(self) -> None:
+        """Raise `ConnectionAbortedError` if the owner has stopped (connector)."""
+        if self.cancelled:
+            raise ConnectionAbortedError(_ABORTED)
+
+    def resolve(self, host: str, port: int) -> list[tuple[Any, Any, int, str, Any]]:
+        """``socket.getaddrinfo()``, the one step `cancel` cannot end (connector).
+
+        ``resolving`` is set under the lock, after checking that the slot is
+        not cancelled: an owner that reads it after `cancel` knows whether
+        the connector may be stuck in a lookup.
+        """
+        with self.lock:
+            self.check()
+            self.resolving = True
+        try:
+            return socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+        finally:
+            self.resolving = False
+
+    def register(self, sock: socket.socket) -> None:
+        """Make ``sock`` the one `cancel` shuts down (connector).
+
+        Raises `ConnectionAbortedError` (and registers nothing) if the slot
+        was cancelled already.
+        """
+        duplicate = sock.dup()
+        with self.lock:
+            previous, self.sock = self.sock, duplicate
+            cancelled = self.cancelled
+            if cancelled:
+                self.sock = None
+        if previous is not None:
+            previous.close()
+        if cancelled:
+            duplicate.close()
+            raise ConnectionAbortedError(_ABORTED)
+
+    def unregister(self) -> None:
+        """Forget the registered socket (connector)."""
+        with self.lock:
+            previous, self.sock = self.sock, None
+        if previous is not None:
+            previous.close()
+
+    def wakeup(self) -> socket.socket:
+        """The socket that turns readable when the slot is cancelled (connector)."""
+        with self.lock:
+            if self._wake_r is None:
+                self._wake_r, self._wake_w = socket.socketpair()
+                self._wake_w.settimeout(0.0)
+                if self.cancelled:
+                    self._wake_w.send(b"\0")
+            return self._wake_r
+
+    def release(self) -> None:
+        """Close the slot's own sockets; the attempt is over (connector)."""
+        with self.lock:
+            owned = (self.sock, self._wake_r, self._wake_w)
+            self.sock = self._wake_r = self._wake_w = None
+        for sock in owned:
+            if sock is not None:
+                sock.close()
+
+
+_ABORTED = "the actor stopped while connecting"
+# connect_ex() codes of a connect under way (Windows: WSAEWOULDBLOCK).
+_CONNECTING = frozenset(
+    {errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN, errno.EALREADY, errno.EINTR}
+    | {getattr(errno, "WSAEWOULDBLOCK", errno.EWOULDBLOCK)}
+)
+
+
+class _Deadline:
+    """The one bound of a whole connection attempt (open_timeout)."""
+
+    __slots__ = ("_end",)
+
+    def __init__(self, seconds: float) -> None:
+        self._end = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        """Seconds left; raise `TimeoutError` once there are none."""
+        left = self._end - time.monotonic()
+        if left <= 0:
+            msg = "timed out while opening the connection"
+            raise TimeoutError(msg)
+        return left
+
+
+def open_socket(host: str, port: int, slot: ConnectorSlot, deadline: _Deadline) -> socket.socket:
+    """Connect a TCP socket as `socket.create_connection` does, abortably.
+
+    Every address the lookup returns is tried in turn (IPv6 and IPv4, in the
+    resolver's order); if none connects, the last error is raised, as
+    `socket.create_connection` does. Unlike it, all of them share the one
+    ``deadline`` of the attempt, and `ConnectorSlot.cancel` ends a connect
+    at once: the connect is non-blocking and the connector waits on the
+    socket together with the slot's wakeup.
+
+    The DNS lookup is the exception: ``getaddrinfo()`` cannot be interrupted
+    nor bounded, so a stop during a lookup that never answers leaves this
+    (daemon) thread in it; it raises `ConnectionAbortedError` as soon as the
+    lookup returns, having connected nothing. A deadline that passed during
+    the lookup raises `TimeoutError` likewise.
+
+    Returns a connected socket in blocking mode, registered in ``slot``.
+    """
+    infos = slot.resolve(host, port)
+    slot.check()
+    error: OSError | None = None
+    for family, kind, proto, _, address in infos:
+        deadline.remaining()
+        sock = socket.socket(family, kind, proto)
+        try:
+            slot.register(sock)
+            _connect(sock, address, slot, deadline)
+        except OSError as exc:
+            sock.close()
+            slot.unregister()
+            slot.check()  # stopped: do not try the next address
+            error = exc  # the next address, if any, once the deadline is checked
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        sock.settimeout(None)  # blocking again
+        return sock
+    if error is not None:
+        raise error
+    msg = "getaddrinfo returned an empty list"
+    raise OSError(msg)
+
+
+def _connect(sock: socket.socket, address: Any, slot: ConnectorSlot, deadline: _Deadline) -> None:
+    """Connect ``sock`` without blocking on it: the slot's wakeup ends the wait."""
+    sock.settimeout(0.0)  # non-blocking
+    code = sock.connect_ex(address)
+    if code in _CONNECTING:
+        with selectors.DefaultSelector() as selector:
+            # A failed connect is writable too (on Windows, the selector
+            # watches the exception set as well for EVENT_WRITE).
+            selector.register(sock, selectors.EVENT_WRITE)
+            selector.register(slot.wakeup(), selectors.EVENT_READ)
+            while True:
+                ready = selector.select(deadline.remaining())
+                slot.check()
+                if ready:
+                    break
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if code != 0:
+        raise OSError(code, os.strerror(code))
 
 
 def run_connector(
@@ -502,27 +708,33 @@ def run_connector(
     max_queue: int,
     connect_kwargs: dict[str, Any],
 ) -> None:
-    """Open a connection and tell the owner how it went (connector thread)."""
+    """Open a connection and tell the owner how it went (connector thread).
+
+    ``open_timeout`` bounds the whole attempt: TCP connect, TLS and WebSocket
+    handshakes. The owner's `ConnectorSlot.cancel` ends it at once, except
+    during the DNS lookup (see `open_socket`): the thread then exits by
+    itself when the lookup returns.
+    """
     sink = Sink(owner, generation, max_queue)
     try:
         try:
-            sock = socket.create_connection((uri.host, uri.port), timeout=open_timeout)
-            # Blocking mode from here: websockets bounds the TLS and WebSocket
-            # handshakes itself, and sends are bounded by SO_SNDTIMEO below.
-            sock.settimeout(None)
-            with slot.lock:
-                slot.sock = sock
-                if slot.cancelled:
-                    sock.close()
-                    msg = "the actor stopped while connecting"
-                    raise ConnectionAbortedError(msg)  # noqa: TRY301
-            connection = connect(
-                url,
-                sock=sock,
-                open_timeout=open_timeout,
-                create_connection=_factory(sink),
-                **connect_kwargs,
-            )
+            deadline = _Deadline(open_timeout)
+            sock = open_socket(uri.host, uri.port, slot, deadline)
+            try:
+                # websockets bounds the TLS and WebSocket handshakes itself
+                # (with what is left of the deadline), and sends are bounded
+                # by SO_SNDTIMEO below. A cancel from now on shuts the socket
+                # down, which fails the handshake under way.
+                connection = connect(
+                    url,
+                    sock=sock,
+                    open_timeout=deadline.remaining(),
+                    create_connection=_factory(sink),
+                    **connect_kwargs,
+                )
+            except BaseException:
+                sock.close()  # idempotent; websockets closes it on most errors
+                raise
             try:
                 if write_timeout is not None:
                     set_write_timeout(connection.socket, write_timeout)
@@ -540,13 +752,13 @@ def run_connector(
                 sink.announced.set()
                 connection.abort()
                 connection.join_threads()
-                msg = "the actor stopped while connecting"
-                raise ConnectionAbortedError(msg)  # noqa: TRY301
+                raise ConnectionAbortedError(_ABORTED)  # noqa: TRY301
         except Exception as exc:  # noqa: BLE001 - every failure is reported to the owner
             _tell(owner, OpenFailed(generation, exc))
         else:
             _tell(owner, Opened(generation, connection))
     finally:
+        slot.release()
         sink.announced.set()
 
 

@@ -10,9 +10,14 @@ for implementors. So:
 - A handler that cannot answer yet returns a `Deferred`, keeps it, and
   resolves it later from its own thread. One deferred serves every waiter of
   a request (joiners), and costs nothing when nobody waits (``tell``).
-- The writer actor's futures are `CallbackFuture`: the owner adds a callback
-  that turns the writer's reply into a message to itself, so no thread waits
-  on a write.
+- Every future here takes done callbacks (`LightFuture.add_done_callback`):
+  the writer actor's futures are `CallbackFuture`, to which the owner adds a
+  callback that turns the writer's reply into a message to itself, so no
+  thread waits on a write; `ask_async` adds one to a `ReplyFuture` to settle
+  an asyncio future.
+- An owner's thread must never wait for an owner's reply (it may be the one
+  to produce it): after `mark_owner_thread`, such a wait raises instead of
+  deadlocking.
 
 No other private name of pykka is relied on.
 """
@@ -24,7 +29,7 @@ import logging
 import queue
 import sys
 import threading
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeAlias
 
 import pykka
 
@@ -33,7 +38,17 @@ if TYPE_CHECKING:
 
     from pykka._types import OptExcInfo
 
-__all__ = ["CallbackFuture", "Deferred", "LightFuture", "ReplyFuture", "Waiter"]
+    DoneCallback: TypeAlias = Callable[[Any, BaseException | None], None]
+
+__all__ = [
+    "CallbackFuture",
+    "Deferred",
+    "LightFuture",
+    "ReplyFuture",
+    "Waiter",
+    "mark_owner_thread",
+    "unmark_owner_thread",
+]
 
 logger = logging.getLogger("pykka_ws")
 
@@ -123,6 +138,45 @@ class Deferred:
             logger.exception("pykka-ws could not deliver a reply")
 
 
+class _OwnerThread(threading.local):
+    marked = False
+
+
+_OWNER_THREAD = _OwnerThread()
+
+# Taken only to hand callbacks over between the registering and the setting
+# thread; a future nobody adds a callback to never takes it.
+_CALLBACKS_LOCK = threading.Lock()
+
+_DEADLOCK_MESSAGE = (
+    "waiting for this reply would deadlock: a WebSocketActor's hooks and handlers run on "
+    "its own thread and must not block on a WebSocketActor's reply (ask, stop, get); "
+    "use block=False / tell (with reply_to) instead"
+)
+
+
+def mark_owner_thread() -> None:
+    """Mark the calling thread as a `WebSocketActor`'s own thread.
+
+    Called by the owner actor in ``on_start``. On a marked thread, waiting for
+    an owner's reply that has not arrived (``ref.ask(...)``, ``ref.stop()``,
+    ``future.get()``) raises `RuntimeError` instead of blocking: the thread
+    that would produce the reply is the one blocked.
+    """
+    _OWNER_THREAD.marked = True
+
+
+def unmark_owner_thread() -> None:
+    """Undo `mark_owner_thread`, once the owner has stopped.
+
+    After its ``on_stop`` an actor can no longer be asked (pykka answers with
+    `pykka.ActorDeadError` at once), so blocking is safe again, and pykka
+    itself blocks there: on a `BaseException` in a handler it calls
+    ``ActorRegistry.stop_all()`` on the actor's thread.
+    """
+    _OWNER_THREAD.marked = False
+
+
 class LightFuture(pykka.Future[Any]):
     """A `pykka.Future` for threads, built on one lock instead of a Condition.
 
@@ -134,7 +188,21 @@ class LightFuture(pykka.Future[Any]):
     a timeout raises `pykka.Timeout`, ``set_exception()`` with no argument
     takes `sys.exc_info`, setting twice raises `queue.Full`, get hooks work
     (``map``, ``join``, ``filter``, ``reduce``).
+
+    `add_done_callback` adds what `ThreadingFuture` lacks, at no cost to a
+    future nobody adds a callback to: the callback slot is a class attribute
+    until one is added, and the setting thread only reads it.
+
+    On a thread marked with `mark_owner_thread`, a ``get`` that would wait
+    raises `RuntimeError` (see `owner_guard`).
     """
+
+    #: Whether ``get`` refuses to wait on an owner actor's thread.
+    owner_guard: ClassVar[bool] = True
+
+    # None, one callback, or a list of them in the order added. A class
+    # attribute until a callback is added: nothing per future otherwise.
+    _callbacks: DoneCallback | list[DoneCallback] | None = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -145,12 +213,19 @@ class LightFuture(pykka.Future[Any]):
         self._released = False
 
     def get(self, *, timeout: float | None = None) -> Any:
-        """Wait for the value and return it, or raise the exception set."""
+        """Wait for the value and return it, or raise the exception set.
+
+        Raises:
+            RuntimeError: If no value is set yet and waiting would block an
+                owner actor's thread (`mark_owner_thread`).
+        """
         try:
             return super().get(timeout=timeout)  # a get hook, if one is set
         except NotImplementedError:
             pass
         if not self._released:
+            if self.owner_guard and _OWNER_THREAD.marked and (timeout is None or timeout > 0):
+                raise RuntimeError(_DEADLOCK_MESSAGE)
             wait = -1.0 if timeout is None else min(max(timeout, 0.0), threading.TIMEOUT_MAX)
             if not self._ready.acquire(timeout=wait):
                 msg = f"{timeout} seconds"
@@ -188,17 +263,67 @@ class LightFuture(pykka.Future[Any]):
         super().set_get_hook(func)
         self._release()
 
+    def add_done_callback(self, callback: DoneCallback) -> None:
+        """Call ``callback(value, error)`` once, when the future is set.
+
+        ``error`` is the exception set (``value`` is then None), else None.
+        Callbacks added before the future is set run on the setting thread,
+        in the order added; one added after runs at once, on the adding
+        thread. A callback must not raise (pykka's actor loop would break on
+        it); one that does is logged and swallowed.
+
+        Raises:
+            TypeError: On a future with a get hook (``map``, ``join``,
+                ``stop()``...): it is never set, so there is nothing to
+                call back with.
+        """
+        if self._get_hook is not None:
+            raise TypeError("a future with a get hook is never set: it has no done callbacks")
+        with _CALLBACKS_LOCK:
+            existing = self._callbacks
+            if existing is None:
+                self._callbacks = callback
+            elif isinstance(existing, list):
+                existing.append(callback)
+            else:
+                self._callbacks = [existing, callback]
+        # Set meanwhile, or before: the setter may not have seen this callback.
+        # Whichever of the two takes it first runs it (see _settle).
+        if self._released:
+            self._run_callbacks()
+
     def _settle(self, value: Any, exc_info: OptExcInfo | None) -> None:
         if self._released:
             raise queue.Full
         self._value = value
         self._exc_info = exc_info
         self._release()
+        # Read after _released is written (and the lock released), as
+        # add_done_callback reads _released after writing the slot (and
+        # releasing _CALLBACKS_LOCK): at least one of the two sees the
+        # other's write, and _run_callbacks hands each callback out once.
+        if self._callbacks is not None:
+            self._run_callbacks()
 
     def _release(self) -> None:
         if not self._released:
             self._released = True
             self._ready.release()
+
+    def _run_callbacks(self) -> None:
+        with _CALLBACKS_LOCK:
+            callbacks = self._callbacks
+            if callbacks is None:
+                return
+            self._callbacks = None
+        value = self._value
+        exc_info = self._exc_info
+        error = None if exc_info is None else _error_of(exc_info)
+        if isinstance(callbacks, list):
+            for callback in callbacks:
+                _run_callback(callback, value, error)
+        else:
+            _run_callback(callbacks, value, error)
 
 
 class ReplyFuture(LightFuture):
@@ -221,46 +346,33 @@ class ReplyFuture(LightFuture):
 
 
 class CallbackFuture(LightFuture):
-    """The writer actor's future: runs a callback when set.
+    """The writer actor's future: the owner adds a callback instead of waiting.
 
-    The callback runs on the thread that sets the future (the writer's) or,
-    if the future was already set, on the thread adding it. It must not
-    raise: pykka would otherwise crash the writer's loop; exceptions are
-    logged and swallowed here as a safety net.
+    The owner waits on one only to stop the writer, from its own thread,
+    which is safe (the writer is another thread): no owner-thread guard.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._lock = threading.Lock()
-        self._callback: Callable[[Any, BaseException | None], None] | None = None
-        self._outcome: tuple[Any, BaseException | None] | None = None
-
-    def add_done_callback(self, callback: Callable[[Any, BaseException | None], None]) -> None:
-        """Call ``callback(value, error)`` once the future is set."""
-        with self._lock:
-            outcome = self._outcome
-            if outcome is None:
-                self._callback = callback
-                return
-        _run_callback(callback, outcome)
-
-    def _settle(self, value: Any, exc_info: OptExcInfo | None) -> None:
-        super()._settle(value, exc_info)
-        error = None
-        if exc_info is not None:
-            error = exc_info[1] or RuntimeError("the writer failed without an exception")
-        with self._lock:
-            self._outcome = outcome = (value, error)
-            callback, self._callback = self._callback, None
-        if callback is not None:
-            _run_callback(callback, outcome)
+    owner_guard = False
 
 
 def _run_callback(
-    callback: Callable[[Any, BaseException | None], None],
-    outcome: tuple[Any, BaseException | None],
+    callback: DoneCallback,
+    value: Any,
+    error: BaseException | None,
 ) -> None:
     try:
-        callback(*outcome)
+        callback(value, error)
     except Exception:
-        logger.exception("pykka-ws write completion callback failed")
+        logger.exception("pykka-ws: a future's done callback failed")
+
+
+def _error_of(exc_info: OptExcInfo) -> BaseException:
+    exc_type, error, _traceback = exc_info
+    if error is not None:
+        return error
+    try:
+        if exc_type is not None:
+            return exc_type()
+    except Exception as exc:  # noqa: BLE001 - a type that needs arguments
+        return exc
+    return RuntimeError("the future was failed without an exception")

@@ -266,7 +266,8 @@ class WsConnected:
 
     Attributes:
         url: The URL connected to.
-        generation: Counts connections made by this actor, from 1.
+        generation: Counts connections this actor opened, from 1 (refused
+            or failed attempts are not counted; see `WsStats.attempts`).
     """
 
     url: str
@@ -280,7 +281,9 @@ class WsDisconnected:
     Attributes:
         cause: The exception that ended it (e.g. a ``ConnectionClosed`` with
             the transport error in its ``__cause__``).
-        generation: The connection's generation.
+        generation: The connection's number, as in `WsConnected.generation`;
+            for a failed attempt (``was_open`` False), the number the
+            connection would have had.
         reconnecting: True if the actor will try again.
         was_open: True if the connection had opened (a lost connection),
             False if the attempt failed (a refused or failed handshake).
@@ -294,10 +297,14 @@ class WsDisconnected:
 
 @dataclass(frozen=True, slots=True)
 class WsLateResponse:
-    """Told to inbound subscribers for a reply to a request that already ended.
+    """Told to inbound subscribers for a reply that completes no request.
 
-    That is a reply after `Unconfirmed`, or any reply to a request in
-    `WsConfirmMode.SENT`.
+    That is a reply to a request that already ended (a reply after
+    `Unconfirmed`, or any reply to a request in `WsConfirmMode.SENT`), or a
+    reply whose id matches a request whose frame has not started writing:
+    it cannot be that request's reply (a stale reply to an earlier use of
+    the id, a spoof, a server bug), so it confirms nothing, is counted in
+    `WsStats.stray_replies`, and the request is written as usual.
 
     Attributes:
         request_id: The request's id.
@@ -313,10 +320,14 @@ class WsStats:
     """A snapshot of a `WebSocketActor`'s state and counters.
 
     Attributes:
-        state: ``"connecting"``, ``"open"``, ``"backoff"`` or ``"stopped"``.
+        state: ``"connecting"``, ``"open"``, ``"backoff"`` (waiting to
+            reconnect), ``"closed"`` (disconnected for good: the endpoint's
+            `WsEndpoint.on_disconnect` said not to reconnect; requests end
+            `NotDelivered` at once) or ``"stopped"``.
         connected_since: Wall-clock time (`time.time`) the current connection
             opened, or None.
-        reconnects: Connections opened after the first one.
+        reconnects: Connections opened after the first one (refused or
+            failed attempts are not counted).
         pending: Distinct request ids in flight.
         queued: Frames waiting to be handed to the writer.
         frames_in: Frames received.
@@ -327,10 +338,19 @@ class WsStats:
             ``rejected``, ``not_delivered``, ``unconfirmed``,
             ``payload_mismatch``, ``too_many_pending``.
         sends_refused: `WsSend` frames refused because the queue was full.
+        stray_replies: Replies whose id matched a request whose frame had
+            not started writing (so they cannot be its reply); each was told
+            to the subscribers as `WsLateResponse` and confirmed nothing.
+        inbound_dropped: Frames not told to a full subscriber, with
+            ``subscriber_overflow="drop"``.
         hook_errors: Exceptions raised by (or garbage returned from)
             `WsEndpoint` hooks, and subscriber failures.
         last_error: A readable description of the last connection error, or
             None.
+        attempts: Connection attempts made, successful or not.
+        internal_errors: Bugs of pykka-ws caught while handling a message
+            (each logged with its traceback; the asker got the exception).
+            Should be 0: please report any.
     """
 
     state: str
@@ -344,8 +364,12 @@ class WsStats:
     bytes_out: int
     outcomes: Mapping[str, int] = field(default_factory=dict)
     sends_refused: int = 0
+    stray_replies: int = 0
+    inbound_dropped: int = 0
     hook_errors: int = 0
     last_error: str | None = None
+    attempts: int = 0
+    internal_errors: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from pykka_ws._futures import Deferred
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Hashable, Iterator
+    from collections.abc import Callable, Hashable, Iterable, Iterator
 
     from pykka_ws._messages import Frame, RequestId, WsConfirmMode
     from pykka_ws._writer import Claim
@@ -176,17 +176,32 @@ class PendingTable:
             self._compact()
         return True
 
-    def expire_due(self, now: float | None = None) -> list[Entry]:
-        """Remove and return every entry whose deadline is <= ``now``.
+    def remove_many(self, entries: Iterable[Entry]) -> None:
+        """Remove every entry given (each must be the one in flight for its id).
+
+        One heap rebuild at most, however many: O(k) plus one compaction.
+        """
+        table = self._entries
+        for entry in entries:
+            del table[entry.request_id]
+        if len(self._heap) > _HEAP_SLACK_FACTOR * len(table) + _HEAP_SLACK_CONSTANT:
+            self._compact()
+
+    def expire_due(self, now: float | None = None, limit: int | None = None) -> list[Entry]:
+        """Remove and return the entries whose deadline is <= ``now``, earliest first.
 
         Args:
             now: The time to expire at; defaults to the table's clock.
+            limit: Most entries to return; the rest stay due for the next
+                call (`next_deadline` then returns a time <= ``now``).
         """
         if now is None:
             now = self.clock()
+        if limit is None:
+            limit = len(self._entries)
         due: list[Entry] = []
         heap = self._heap
-        while heap and heap[0][0] <= now:
+        while heap and heap[0][0] <= now and len(due) < limit:
             _deadline, seq, request_id = heapq.heappop(heap)
             entry = self._entries.get(request_id)
             if entry is not None and entry.heap_seq == seq:
@@ -260,6 +275,11 @@ class RecentIds:
         ended.move_to_end(request_id)
         if len(ended) > self.max_count:
             ended.popitem(last=False)
+
+    def add_many(self, request_ids: list[RequestId]) -> None:
+        """Remember that all of ``request_ids`` ended now (only the newest fit)."""
+        for request_id in request_ids[-self.max_count :]:
+            self.add(request_id)
 
     def __contains__(self, request_id: object) -> bool:
         ended = self._ended

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import queue
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -12,7 +13,14 @@ from typing import Any
 import pykka
 import pytest
 
-from pykka_ws import WebSocketActor, WsEndpoint, WsGetStats, WsRequestMatch, WsStats
+from pykka_ws import (
+    WebSocketActor,
+    WsBackoff,
+    WsEndpoint,
+    WsGetStats,
+    WsRequestMatch,
+    WsStats,
+)
 
 _POLL_INTERVAL = threading.Event()  # never set: waiting on it is a plain pause
 LIBRARY_THREAD_PREFIXES = ("pykka-ws-", "WebSocketActor", "WsWriter")
@@ -133,3 +141,47 @@ def inspectable() -> tuple[type[WebSocketActor], list[WebSocketActor]]:
             instances.append(self)
 
     return Inspectable, instances
+
+
+class RecordingBackoff(WsBackoff):
+    """A `WsBackoff` that records every delay the actor draws from it.
+
+    ``draws()`` returns ``(attempt, delay, at)`` for each call, in order: the
+    attempt number the actor passed, the delay returned, and the monotonic
+    time of the call (taken before the actor schedules the reconnection, so
+    the reconnection cannot come before ``at + delay``). With
+    ``jitter=False`` the delay is the attempt's ceiling, not a random part of
+    it, so a test can rely on it.
+    """
+
+    def __init__(self, *, jitter: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # WsBackoff is a frozen dataclass: these are not fields of it.
+        object.__setattr__(self, "jitter", jitter)
+        object.__setattr__(self, "_draws", [])
+        object.__setattr__(self, "_lock", threading.Lock())
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        at = time.monotonic()
+        value = super().delay(attempt, rng) if self.jitter else self.ceiling(attempt)
+        with self._lock:
+            self._draws.append((attempt, value, at))
+        return value
+
+    def draws(self) -> list[tuple[int, float, float]]:
+        with self._lock:
+            return list(self._draws)
+
+    def attempts(self) -> list[int]:
+        return [attempt for attempt, _, _ in self.draws()]
+
+    def wait_for_draws(self, count: int, timeout: float = 10.0) -> list[tuple[int, float, float]]:
+        """Wait until at least ``count`` delays were drawn; return them all."""
+
+        def enough() -> list[tuple[int, float, float]] | None:
+            draws = self.draws()
+            return draws if len(draws) >= count else None
+
+        return wait_until(  # type: ignore[no-any-return]
+            enough, timeout, f"{count} reconnection delays to be drawn"
+        )

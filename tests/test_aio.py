@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import pykka
@@ -12,6 +13,7 @@ from pykka_ws import (
     EndpointRejected,
     Unconfirmed,
     WebSocketActor,
+    WsDelegatedError,
     WsDelegatedOk,
     WsDelegatedRequest,
     WsGetStats,
@@ -92,3 +94,133 @@ def test_ask_async_on_a_stopped_actor_raises_actor_dead_error(server: WsTestServ
     ref.stop()
     with pytest.raises(pykka.ActorDeadError):
         asyncio.run(ask_async(ref, WsGetStats()))
+
+
+def test_ask_async_refuses_another_actors_ref_before_asking() -> None:
+    received: list[object] = []
+
+    class Other(pykka.ThreadingActor):
+        def on_receive(self, message: Any) -> None:
+            received.append(message)
+
+    ref = Other.start()
+    with pytest.raises(TypeError, match="needs a WebSocketActor's ref"):
+        asyncio.run(ask_async(ref, "hello"))
+    assert ref.ask("ping", timeout=10) is None
+    assert received == ["ping"]  # "hello" was never sent
+
+
+RACE_ROUNDS = 6  # alternately held (deterministic) and free (a real race)
+RACE_CALLS = 400  # at least this many ask_async calls per round, racing one stop()
+RACE_MAX_CALLS = 20 * RACE_CALLS  # bounds a round whose stop() is slow to return
+RACE_TIMEOUT = 1.0  # each request's own deadline
+SLACK = 3.0  # scheduling slack past a deadline (2 shared cores)
+HUNG = "hung"
+
+
+class Hold:
+    """A message that keeps the actor's thread busy until released."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+
+class HoldingActor(WebSocketActor):
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Hold):
+            message.release.wait(10)
+            return None
+        return super().on_receive(message)
+
+
+def race_message(i: int) -> object:
+    if i % 2:
+        return WsGetStats()  # answered at once
+    return WsDelegatedRequest(i, req_frame(i), timeout=RACE_TIMEOUT)  # answered later
+
+
+async def bounded_ask(ref: pykka.ActorRef[Any], message: object) -> object:
+    try:
+        return await asyncio.wait_for(ask_async(ref, message), RACE_TIMEOUT + SLACK)
+    except TimeoutError:
+        return HUNG
+    except (pykka.ActorDeadError, WsDelegatedError) as exc:
+        return exc
+
+
+async def held_race(ref: pykka.ActorRef[Any]) -> list[object]:
+    """Half the calls land before the stop message, half behind it, for sure."""
+    hold = Hold()
+    before = [
+        asyncio.create_task(bounded_ask(ref, race_message(i))) for i in range(RACE_CALLS // 2)
+    ]
+    await asyncio.sleep(0)  # each task sends its ask
+    ref.tell(hold)
+    stop_queued = threading.Event()
+
+    def stop() -> None:
+        stopping = ref.stop(block=False)
+        stop_queued.set()
+        stopping.get(timeout=10)
+
+    stopper = threading.Thread(target=stop, daemon=True)
+    stopper.start()
+    assert stop_queued.wait(10)
+    behind = [
+        asyncio.create_task(bounded_ask(ref, race_message(i)))
+        for i in range(RACE_CALLS // 2, RACE_CALLS)
+    ]
+    await asyncio.sleep(0)  # each task sends its ask, behind the stop message
+    hold.release.set()
+    results = await asyncio.gather(*before, *behind)
+    stopper.join(10)
+    assert not stopper.is_alive()
+    assert all(
+        result is HUNG or isinstance(result, pykka.ActorDeadError)
+        for result in results[len(before) :]
+    )
+    return results
+
+
+async def free_race(ref: pykka.ActorRef[Any]) -> list[object]:
+    """Calls before, while and after a blocking stop() on another thread."""
+    go = threading.Event()
+    stopped = threading.Event()
+
+    def stop() -> None:
+        go.wait(10)
+        ref.stop()
+        stopped.set()
+
+    stopper = threading.Thread(target=stop, daemon=True)
+    stopper.start()
+    tasks: list[asyncio.Task[object]] = []
+    while len(tasks) < RACE_CALLS or not stopped.is_set():
+        i = len(tasks)
+        tasks.append(asyncio.create_task(bounded_ask(ref, race_message(i))))
+        if i == RACE_CALLS // 4:
+            go.set()
+        if i % 8 == 0:
+            await asyncio.sleep(0)  # let the tasks made so far send their asks
+        if len(tasks) >= RACE_MAX_CALLS:
+            break
+    results = await asyncio.gather(*tasks)
+    stopper.join(10)
+    assert not stopper.is_alive()
+    return results
+
+
+@pytest.mark.timeout(RACE_ROUNDS * (RACE_TIMEOUT + SLACK) + 30)
+def test_ask_async_racing_stop_always_ends(server: WsTestServer) -> None:
+    """Every awaited call ends, whether its message lands before, behind or after stop()."""
+    calls = hung = dead = 0
+    outcomes = (WsStats, WsDelegatedOk, WsDelegatedError, pykka.ActorDeadError)
+    for round_ in range(RACE_ROUNDS):
+        ref = HoldingActor.start(server.url, endpoint=JsonEndpoint())
+        results = asyncio.run(held_race(ref) if round_ % 2 == 0 else free_race(ref))
+        calls += len(results)
+        hung += sum(1 for result in results if result is HUNG)
+        dead += sum(1 for result in results if isinstance(result, pykka.ActorDeadError))
+        assert all(result is HUNG or isinstance(result, outcomes) for result in results)
+    assert dead > 0
+    assert hung == 0, f"{hung} of {calls} ask_async calls never ended"

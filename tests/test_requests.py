@@ -26,7 +26,8 @@ from pykka_ws import (
     WsSend,
     WsSendRefused,
 )
-from pykka_ws._writer import WsWriter
+from pykka_ws._connection import Connection
+from pykka_ws._writer import DONE, WsWriter
 from pykka_ws.testing import FaultProxy, WsTestServer
 
 from .support import (
@@ -112,10 +113,11 @@ def test_write_that_raises_is_not_delivered_at_once(
     # server writes with sendall().
     ref = start(server.url)
     error = BrokenPipeError(32, "Broken pipe")
-    mocker.patch.object(socket.socket, "send", side_effect=error)
+    send = mocker.patch.object(socket.socket, "send", side_effect=error)
     with pytest.raises(NotDelivered) as info:
         ref.ask(WsDelegatedRequest(6, req_frame(6), timeout=5.0), timeout=2.0)
     assert info.value.__cause__ is error
+    assert send.call_count >= 1  # the owner's or the writer's write went through the mock
     assert server.received == []
     mocker.stopall()
     wait_until(lambda: stats(ref).reconnects == 1, 5.0, "the failed connection's replacement")
@@ -324,7 +326,9 @@ def test_stuck_write_at_its_deadline_is_unconfirmed_unwritten_and_the_rest_not_d
         ref = start(proxy.url, write_timeout=30.0, compression=None)
         proxy.blackhole()
         big = req_frame(1, pad="x" * (16 * 2**20))
-        stuck = ref.ask(WsDelegatedRequest(1, big, timeout=0.5), block=False)
+        # Its write starts as soon as the owner sees it and never ends; the
+        # deadline leaves the owner ample time to get there on a busy machine.
+        stuck = ref.ask(WsDelegatedRequest(1, big, timeout=2.0), block=False)
         behind = [
             ref.ask(WsDelegatedRequest(i, req_frame(i), timeout=0.5), block=False) for i in (2, 3)
         ]
@@ -344,26 +348,55 @@ def test_stuck_write_at_its_deadline_is_unconfirmed_unwritten_and_the_rest_not_d
 def test_reply_processed_before_its_write_completion_still_confirms(
     server: WsTestServer, mocker: MockerFixture
 ) -> None:
-    # Holding the writer's completion back is the only way to force this order.
+    # Under pipelining the reply often reaches the owner before the writer's
+    # completion (_WriteDone) does. To force that order, the owner's own
+    # non-blocking write declines (as when websockets' lock is busy), so the
+    # frame goes to the writer, and the writer holds its completion back
+    # after send() returned: the claim is DONE, _WriteDone not yet told.
+    # (A reply cannot be processed while the claim is STARTED on a real
+    # connection: websockets' receiving thread waits for the lock the
+    # writer holds inside send().)
+    declined = mocker.patch.object(Connection, "try_write_now", autospec=True, return_value=None)
+    written = threading.Event()
     release = threading.Event()
+    batches: list[Any] = []
     original = WsWriter._write
 
-    def slow_completion(self: WsWriter, batch: Any) -> Any:
+    def held_completion(self: WsWriter, batch: Any) -> Any:
         result = original(self, batch)
+        batches.append(batch)
+        written.set()
         release.wait(10)
         return result
 
-    mocker.patch.object(WsWriter, "_write", slow_completion)
+    mocker.patch.object(WsWriter, "_write", held_completion)
     ref = start(server.url)
-    ok = ref.ask(WsDelegatedRequest(1, req_frame(1)), timeout=10)
-    assert ok.confirmed is True
-    release.set()
+    try:
+        ok = ref.ask(WsDelegatedRequest(1, req_frame(1)), timeout=10)
+        assert ok == WsDelegatedOk(1, confirmed=True, response=json_reply(req_frame(1)))
+        # The path under test was taken: the owner's own write declined, the
+        # writer wrote the frame, and the reply was processed before the
+        # write completion (frames_out is counted when _WriteDone is).
+        assert declined.call_count == 1
+        assert written.is_set()
+        [batch] = batches
+        assert [claim.state for claim in batch.claims] == [DONE]
+        held = stats(ref)
+        assert held.frames_out == 0
+        assert held.outcomes["confirmed"] == 1
+        assert held.pending == 0
+    finally:
+        release.set()
+    # The late _WriteDone is ignored: no second outcome, the frame counted once.
+    wait_until(lambda: stats(ref).frames_out == 1, 5.0, "the write completion")
     ok2 = ref.ask(WsDelegatedRequest(2, req_frame(2)), timeout=10)
     assert ok2.confirmed is True
+    assert len(batches) == 2
     after = stats(ref)
     assert after.outcomes["confirmed"] == 2
     assert sum(after.outcomes.values()) == 2
     assert after.frames_out == 2
+    assert server.received == [req_frame(1), req_frame(2)]
 
 
 # -- hooks ------------------------------------------------------------------
@@ -398,29 +431,48 @@ def test_matcher_returning_garbage_is_counted_and_ignored(server: WsTestServer) 
     ref = start(server.url, endpoint=GarbageMatcher())
     with pytest.raises(Unconfirmed):
         ref.ask(WsDelegatedRequest(1, req_frame(1), timeout=0.3), timeout=10)
-    assert stats(ref).hook_errors >= 1
+    assert stats(ref).hook_errors == 1  # one reply, one garbage match
     assert ref.is_alive()
 
 
 # -- stop -------------------------------------------------------------------
 
 
-def test_stop_resolves_every_waiter_and_leaves_no_library_thread(server: WsTestServer) -> None:
+def test_stop_resolves_every_waiter_and_leaves_no_library_thread(
+    server: WsTestServer, mocker: MockerFixture
+) -> None:
     ref = start(server.url, default_timeout=30.0)
     written = ref.ask(WsDelegatedRequest(1, req_frame(1, "silent")), block=False)
     server.wait_for_received(1)
-    stats(ref)
-    sent = ref.ask(WsDelegatedRequest(2, req_frame(2), confirm_mode=SENT), block=False)
-    ref.stop(timeout=10)
+    # The next frame is handed to the writer, which is held before it starts
+    # writing: at stop() its claim is still PENDING.
+    declined = mocker.patch.object(Connection, "try_write_now", autospec=True, return_value=None)
+    handed = threading.Event()
+    go = threading.Event()
+    original = WsWriter._write
+
+    def held_before_writing(self: WsWriter, batch: Any) -> Any:
+        handed.set()
+        go.wait(10)
+        return original(self, batch)
+
+    mocker.patch.object(WsWriter, "_write", held_before_writing)
+    unstarted = ref.ask(WsDelegatedRequest(2, req_frame(2), confirm_mode=SENT), block=False)
+    assert handed.wait(10), "the frame never reached the writer"
+    assert declined.call_count == 1
+    stopping = ref.stop(block=False)
+    try:
+        # Ended by stop() before it stops the writer: not started, never sent.
+        with pytest.raises(NotDelivered):
+            unstarted.get(timeout=10)
+    finally:
+        go.set()
+    stopping.get(timeout=10)
     with pytest.raises(Unconfirmed) as info:
         written.get(timeout=5)
     assert info.value.written is True
-    # Asked just before stop(): written (sent) or not (NotDelivered), never hanging.
-    try:
-        assert sent.get(timeout=5) == WsDelegatedOk(2, confirmed=False)
-    except NotDelivered:
-        assert req_frame(2) not in server.received
     wait_no_library_threads()
+    assert server.received == [req_frame(1, "silent")]
 
 
 def test_stop_while_disconnected_ends_queued_requests_not_delivered(

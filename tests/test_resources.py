@@ -265,7 +265,9 @@ def test_100_start_and_stop_cycles_leak_no_descriptor_or_thread(server: WsTestSe
             request = WsDelegatedRequest(cycle, req_frame(cycle), timeout=5.0)
             assert ref.ask(request, timeout=10).confirmed
         ref.stop(timeout=10)
-        assert not library_threads(), [t.name for t in library_threads()]
+        # stop() returns once on_stop() is done; pykka's threads (the actor's
+        # and its writer's) then end on their own, very soon after.
+        wait_no_library_threads(10)
     server.wait_for_open_connections(0, timeout=10)
     wait_for_descriptors(fds_before)
     print(  # noqa: T201
@@ -393,7 +395,7 @@ def test_a_flood_of_oversized_frames_fails_each_connection_without_buffering_the
         )
         assert after.frames_in == 0
         assert tally(counter, "WsInbound") == 0
-        assert "1009" in (after.last_error or "") or "too big" in (after.last_error or "")
+        assert "sent 1009" in (after.last_error or "")  # the client failed it: too big
         assert peak < 4 * 2**20, f"the client held {peak / 2**20:.1f} MiB"
         assert ref.is_alive()
         ref.stop(timeout=10)
@@ -412,7 +414,7 @@ def test_a_message_of_many_small_fragments_over_max_size_fails_the_connection() 
         )
         assert after.frames_in == 0
         assert tally(counter, "WsInbound") == 0
-        assert "1009" in (after.last_error or "") or "too big" in (after.last_error or "")
+        assert "sent 1009" in (after.last_error or "")  # the client failed it: too big
         assert peak < 4 * 2**20, f"the client held {peak / 2**20:.1f} MiB"
         ref.stop(timeout=10)
     wait_no_library_threads(10)

@@ -693,15 +693,25 @@ def test_chaos_server_junk_is_drawn_from_the_plan() -> None:
 
 @pytest.mark.timeout(10)
 def test_chaos_server_stall_stops_handling_but_records_what_arrives_complete() -> None:
-    with chaos(Fault.STALL, stall=0.5) as srv, client(srv.url) as ws:
+    # A stall far longer than the test: what arrives meanwhile is recorded
+    # as received complete, and not handled.
+    with chaos(Fault.STALL, stall=60.0) as srv, client(srv.url) as ws:
         ws.send("a")  # handled: stalls the connection
         srv.wait_for_received(1)
         ws.send("b")  # arrives complete, not handled until the stall is over
         wait_until(lambda: srv.connection_logs()[0].frames == ("a", "b"))
         assert srv.received == ["a"]
+        assert [fault for fault, _ in srv.connection_logs()[0].faults] == [Fault.STALL]
+    # A short one ends on its own: the frame held back is handled then.
+    with chaos(Fault.STALL, stall=0.3) as srv, client(srv.url) as ws:
+        ws.send("a")
+        srv.wait_for_received(1)
+        ws.send("b")
         assert srv.wait_for_received(2, timeout=5) == ["a", "b"]
         log = srv.connection_logs()[0]
-        assert log.received_at[1] - log.received_at[0] >= 0.0
+        # "a" arrived before it stalled the connection, and "b" was handled
+        # after the stall: at least `stall` seconds after "a" arrived.
+        assert time.monotonic() - log.received_at[0] >= 0.3
         assert [fault for fault, _ in log.faults] == [Fault.STALL, Fault.STALL]
 
 
