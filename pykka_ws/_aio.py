@@ -20,9 +20,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pykka import ActorRef
 
-    from pykka_ws._futures import Waiter
 
-__all__ = ["AsyncAsk", "ask_async"]
+__all__ = ["ask_async"]
 
 
 def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
@@ -37,19 +36,6 @@ def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None
         wrapped = RuntimeError(f"the actor raised {error!r}")
         wrapped.__cause__ = error
         future.set_exception(wrapped)
-
-
-class AsyncAsk:
-    """Deprecated internal message; `ask_async` no longer sends it.
-
-    Kept only while `WebSocketActor` still handles it.
-    """
-
-    __slots__ = ("message", "waiter")
-
-    def __init__(self, message: object, waiter: Waiter) -> None:
-        self.message = message
-        self.waiter = waiter
 
 
 async def ask_async(ref: ActorRef[Any], message: object) -> Any:

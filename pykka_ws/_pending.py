@@ -18,8 +18,8 @@ from pykka_ws._futures import Deferred
 if TYPE_CHECKING:
     from collections.abc import Callable, Hashable, Iterable, Iterator
 
+    from pykka_ws._claims import Claim
     from pykka_ws._messages import Frame, RequestId, WsConfirmMode
-    from pykka_ws._writer import Claim
 
 __all__ = ["Entry", "Insert", "PendingTable", "RecentIds"]
 

@@ -569,7 +569,7 @@ def test_requests_that_expire_while_queued_do_not_pile_up(server: WsTestServer) 
         with pytest.raises(NotDelivered):
             future.get(timeout=10)
     assert stats(ref).queued == 0
-    assert len(instances[0]._queue) <= 64
+    assert len(instances[0]._core.queue) <= 64
 
 
 def test_send_after_giving_up_is_refused_with_the_reason(server: WsTestServer) -> None:

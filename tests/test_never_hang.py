@@ -28,8 +28,8 @@ from pykka_ws import (
     WsGetStats,
     WsInbound,
     WsLateResponse,
+    _actor,
 )
-from pykka_ws._connection import Connection
 from pykka_ws._writer import WsWriter
 from pykka_ws.testing import WsTestServer
 
@@ -58,7 +58,7 @@ class Unstarted(WebSocketActor):
 
     def on_receive(self, message: Any) -> Any:
         if message == "unstarted":
-            table = self._table  # the owner's thread: a consistent look
+            table = self._core.table  # the owner's thread: a consistent look
             return sum(1 for e in table if e.claim is None or e.claim.state == 0)
         return super().on_receive(message)
 
@@ -79,7 +79,7 @@ def test_reply_to_a_request_still_queued_confirms_nothing_and_the_request_is_wri
         return write(self, message)
 
     mocker.patch.object(WsWriter, "on_receive", held_write)
-    mocker.patch.object(Connection, "try_write_now", return_value=None)
+    mocker.patch.object(_actor, "try_write_now", return_value=None)
     sink: queue.Queue[Any] = queue.Queue()
     collector = Collector.start(sink)
     ref = start(server.url, inbound=collector, actor=Unstarted)
@@ -87,7 +87,7 @@ def test_reply_to_a_request_still_queued_confirms_nothing_and_the_request_is_wri
     wait_until(
         lambda: ref.ask("unstarted", timeout=10) == 100, 10, "the requests queued, unstarted"
     )
-    assert writes, "the writer path was not taken"
+    wait_until(lambda: writes, 10, "the writer to be handed the first batch")
     # Replies (a spoof, or a stale reply to an earlier use of the ids) for
     # frames that have not left: they must not confirm anything.
     for i in range(100):

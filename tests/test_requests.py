@@ -25,9 +25,10 @@ from pykka_ws import (
     WsRequestMatch,
     WsSend,
     WsSendRefused,
+    _actor,
+    _writer,
 )
-from pykka_ws._connection import Connection
-from pykka_ws._writer import DONE, WsWriter
+from pykka_ws._claims import DONE
 from pykka_ws.testing import FaultProxy, WsTestServer
 
 from .support import (
@@ -257,7 +258,7 @@ def test_ten_thousand_expired_requests_leave_table_heap_and_queue_empty(
     after = stats(ref)
     assert after.pending == 0
     assert after.queued == 0
-    assert instances[0]._table.heap_size == 0
+    assert instances[0]._core.table.heap_size == 0
 
 
 def test_told_request_is_deduplicated_and_counted(server: WsTestServer) -> None:
@@ -356,20 +357,20 @@ def test_reply_processed_before_its_write_completion_still_confirms(
     # (A reply cannot be processed while the claim is STARTED on a real
     # connection: websockets' receiving thread waits for the lock the
     # writer holds inside send().)
-    declined = mocker.patch.object(Connection, "try_write_now", autospec=True, return_value=None)
+    declined = mocker.patch.object(_actor, "try_write_now", return_value=None)
     written = threading.Event()
     release = threading.Event()
     batches: list[Any] = []
-    original = WsWriter._write
+    original = _writer.write_batch
 
-    def held_completion(self: WsWriter, batch: Any) -> Any:
-        result = original(self, batch)
+    def held_completion(batch: Any, claims: Any) -> Any:
+        result = original(batch, claims)
         batches.append(batch)
         written.set()
         release.wait(10)
         return result
 
-    mocker.patch.object(WsWriter, "_write", held_completion)
+    mocker.patch.object(_writer, "write_batch", held_completion)
     ref = start(server.url)
     try:
         ok = ref.ask(WsDelegatedRequest(1, req_frame(1)), timeout=10)
@@ -446,17 +447,17 @@ def test_stop_resolves_every_waiter_and_leaves_no_library_thread(
     server.wait_for_received(1)
     # The next frame is handed to the writer, which is held before it starts
     # writing: at stop() its claim is still PENDING.
-    declined = mocker.patch.object(Connection, "try_write_now", autospec=True, return_value=None)
+    declined = mocker.patch.object(_actor, "try_write_now", return_value=None)
     handed = threading.Event()
     go = threading.Event()
-    original = WsWriter._write
+    original = _writer.write_batch
 
-    def held_before_writing(self: WsWriter, batch: Any) -> Any:
+    def held_before_writing(batch: Any, claims: Any) -> Any:
         handed.set()
         go.wait(10)
-        return original(self, batch)
+        return original(batch, claims)
 
-    mocker.patch.object(WsWriter, "_write", held_before_writing)
+    mocker.patch.object(_writer, "write_batch", held_before_writing)
     unstarted = ref.ask(WsDelegatedRequest(2, req_frame(2), confirm_mode=SENT), block=False)
     assert handed.wait(10), "the frame never reached the writer"
     assert declined.call_count == 1

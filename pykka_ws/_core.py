@@ -1,0 +1,638 @@
+"""The outcome core: every rule of DESIGN.md section 1, with no I/O.
+
+No threads, no sockets, no pykka, no websockets; the clock is injected. The
+core owns the outbound queue, the pending table, the write claims, the
+connection generation and every classification. It is fed events and answers
+with what to write next and which waiters end with which outcome; it resolves
+waiters (`Deferred`) directly, one object per pending request.
+
+Events, and what the caller must do after each (the owner actor is the
+caller, from one thread):
+
+- `request` and `send`: return what the asker gets; then call `next_batch`
+  if nothing is in flight.
+- `next_batch`: returns the next `Batch` to write on the open connection, or
+  None. Write it (the claims decide which frames may still be written), then
+  call `batch_written` with the result. Only one batch is in flight at once.
+- `batch_written`: returns True if the write failed the open connection: the
+  caller must then call `connection_lost`.
+- `reply`: a matched reply. Returns `NOT_A_REPLY` (pass the frame on as an
+  ordinary inbound frame), None (it completed a request), or a
+  `WsLateResponse` to tell the subscribers.
+- `expire`: returns True if more deadlines are already due (call it again
+  after letting other work through); `next_deadline` says when to call next.
+- `opened`, `connection_lost`, `give_up` (the connection will not be
+  replaced) and `stop`.
+- Bulk outcomes (thousands of requests ending at once) are decided at once
+  and their waiters told in slices: while `pending_deliveries` is true, call
+  `deliver` with a budget, letting other work through in between.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from pykka_ws._claims import CANCELLED, DONE, PENDING, STARTED, Claim, ClaimLock
+from pykka_ws._errors import (
+    EndpointRejected,
+    NotDelivered,
+    PayloadMismatch,
+    TooManyPending,
+    Unconfirmed,
+    WsSendRefused,
+)
+from pykka_ws._futures import Deferred
+from pykka_ws._messages import WsConfirmMode, WsDelegatedOk, WsLateResponse
+from pykka_ws._pending import Entry, Insert, PendingTable, RecentIds
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from pykka_ws._messages import Frame, RequestId, WsDelegatedRequest
+
+__all__ = ["NOT_A_REPLY", "OUTCOMES", "Batch", "Core", "SendItem"]
+
+logger = logging.getLogger("pykka_ws")
+
+OUTCOMES = (
+    "confirmed",
+    "sent",
+    "rejected",
+    "not_delivered",
+    "unconfirmed",
+    "payload_mismatch",
+    "too_many_pending",
+)
+
+NOT_A_REPLY: Any = object()
+"""`Core.reply`'s answer for a frame that is no reply: pass it on as inbound."""
+
+
+class SendItem:
+    """A `WsSend` frame (or an ``on_open`` frame) in the outbound queue."""
+
+    __slots__ = ("claim", "frame", "preamble")
+
+    def __init__(self, frame: Frame, *, preamble: bool = False) -> None:
+        self.frame = frame
+        self.claim: Claim | None = None
+        self.preamble = preamble
+
+
+Item = Entry | SendItem
+
+
+class Batch:
+    """Frames to write, in order, on the connection of ``generation``.
+
+    ``items[i]`` owns ``claims[i]``. ``connection`` and ``held`` belong to the
+    I/O layer (the connection to write on; bytes a partial write left for
+    the writer) and are never read here.
+    """
+
+    __slots__ = ("claims", "connection", "generation", "held", "items")
+
+    def __init__(self, generation: int, claims: list[Claim], items: list[Item]) -> None:
+        self.generation = generation
+        self.claims = claims
+        self.items = items
+        self.connection: Any = None
+        self.held: Any = None
+
+
+class Core:
+    """The outbound queue, pending requests and their outcomes.
+
+    Args:
+        max_pending: Most distinct request ids in flight.
+        capacity: Most frames queued for writing.
+        max_batch: Most frames in one `Batch`.
+        default_timeout: Seconds to a request's deadline when it sets none.
+        recent_ids: How many ended ids are remembered (late replies).
+        recent_ids_age: Seconds they are remembered.
+        clock: Monotonic clock in seconds.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_pending: int,
+        capacity: int,
+        max_batch: int,
+        default_timeout: float,
+        recent_ids: int = 4096,
+        recent_ids_age: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.clock = clock
+        self.table = PendingTable(max_pending, clock=clock)
+        self.recent = RecentIds(recent_ids, recent_ids_age, clock=clock)
+        self.claims = ClaimLock()
+        self.capacity = capacity
+        self.max_batch = max_batch
+        self.default_timeout = default_timeout
+        self.queue: deque[Item] = deque()
+        self.queued = 0  # live items in self.queue
+        self.inflight: Batch | None = None
+        self.generation = 0  # of the open connection, or of the last one
+        self.open = False
+        self.closed: str | None = None  # why it will not reconnect, once it will not
+        self.stopped = False
+        self.outcomes = dict.fromkeys(OUTCOMES, 0)
+        self.stray_replies = 0
+        self.sends_refused = 0
+        self.frames_out = 0
+        self.bytes_out = 0
+        self._refusing = False
+        # Outcomes decided in bulk, waiters not yet told: (entries, outcome, why).
+        self._deliveries: deque[tuple[list[Entry], str, str]] = deque()
+
+    # -- requests and sends -------------------------------------------------
+
+    def request(self, request: WsDelegatedRequest) -> Deferred:
+        """A request arrives: queue it, join the one in flight, or refuse it."""
+        timeout = request.timeout if request.timeout is not None else self.default_timeout
+        deadline = request.created_at + timeout
+        request_id = request.request_id
+        if self.closed is not None or self.stopped:
+            self.outcomes["not_delivered"] += 1
+            return _failed(
+                NotDelivered(
+                    f"request {request_id!r}: the actor is disconnected and will not "
+                    f"reconnect ({self.closed or 'stopped'})",
+                    request_id=request_id,
+                )
+            )
+        if deadline <= self.clock():
+            entry = self.table.get(request_id)
+            if entry is None:
+                self.outcomes["not_delivered"] += 1
+                return _failed(
+                    NotDelivered(
+                        f"request {request_id!r}: its deadline passed before the actor saw it",
+                        request_id=request_id,
+                    )
+                )
+            if entry.fingerprint == request.join_key and entry.confirm_mode is request.confirm_mode:
+                # A joiner already out of time: what the shared entry would
+                # get at a deadline now, so the outcome describes the id's
+                # frame (never "not delivered" while that frame is on the wire).
+                return self._joiner_expired(entry)
+        result, entry = self.table.insert_or_join(
+            request_id, request.join_key, request.confirm_mode, deadline, request.frame
+        )
+        if result is Insert.INSERTED:
+            assert entry is not None  # noqa: S101 - for the type checker
+            if self.queued >= self.capacity:
+                self.table.remove(entry)
+                self.outcomes["not_delivered"] += 1
+                entry.fail(
+                    NotDelivered(
+                        f"request {request_id!r}: the outbound queue is full "
+                        f"(outbound_capacity={self.capacity})",
+                        request_id=request_id,
+                    )
+                )
+                return entry
+            self.recent.discard(request_id)
+            self.queue.append(entry)
+            self.queued += 1
+            return entry
+        if result is Insert.JOINED:
+            assert entry is not None  # noqa: S101
+            return entry
+        if result is Insert.MISMATCH:
+            self.outcomes["payload_mismatch"] += 1
+            return _failed(
+                PayloadMismatch(
+                    f"request {request_id!r} is in flight with another payload "
+                    "(fingerprint or confirm_mode differs)",
+                    request_id=request_id,
+                )
+            )
+        self.outcomes["too_many_pending"] += 1
+        limit = self.table.limit
+        return _failed(
+            TooManyPending(f"{limit} requests are in flight (max_pending_requests)", limit=limit)
+        )
+
+    def _joiner_expired(self, entry: Entry) -> Deferred:
+        """Resolve a late joiner as ``entry`` would end at a deadline now; keep the entry."""
+        request_id = entry.request_id
+        why = f"request {request_id!r}: its deadline passed before the actor saw it"
+        claim = entry.claim
+        state = claim.state if claim is not None else PENDING
+        if entry.written or state == DONE:
+            if entry.confirm_mode is WsConfirmMode.SENT:
+                self.outcomes["sent"] += 1
+                deferred = Deferred()
+                deferred.resolve(WsDelegatedOk(request_id, confirmed=False))
+                return deferred
+            self.outcomes["unconfirmed"] += 1
+            return _failed(
+                Unconfirmed(
+                    f"{why}; the frame of that id was written, with no reply yet",
+                    request_id=request_id,
+                    written=True,
+                )
+            )
+        if state == STARTED:
+            self.outcomes["unconfirmed"] += 1
+            return _failed(
+                Unconfirmed(
+                    f"{why}; the frame of that id is being written",
+                    request_id=request_id,
+                    written=False,
+                )
+            )
+        self.outcomes["not_delivered"] += 1
+        return _failed(
+            NotDelivered(f"{why}; the frame of that id has not been written", request_id=request_id)
+        )
+
+    def send(self, frame: Frame) -> Deferred | None:
+        """A `WsSend` arrives: queue it (None), or refuse it (a failed Deferred)."""
+        if self.closed is not None or self.stopped:
+            self.sends_refused += 1
+            return _failed(
+                WsSendRefused(
+                    "the actor is disconnected and will not reconnect "
+                    f"({self.closed or 'stopped'})",
+                    capacity=self.capacity,
+                )
+            )
+        if self.queued >= self.capacity:
+            self.sends_refused += 1
+            if not self._refusing:  # a tell's refusal is silent otherwise: say it once
+                self._refusing = True
+                logger.warning(
+                    "pykka-ws: outbound queue full (outbound_capacity=%d): refusing WsSend "
+                    "frames until it drains; see WsStats.sends_refused",
+                    self.capacity,
+                )
+            return _failed(
+                WsSendRefused(
+                    f"the outbound queue is full (outbound_capacity={self.capacity})",
+                    capacity=self.capacity,
+                )
+            )
+        self._refusing = False
+        self.queue.append(SendItem(frame))
+        self.queued += 1
+        return None
+
+    def cancel(self, request_id: RequestId) -> bool:
+        """Withdraw a request whose frame has not started: every waiter ends NotDelivered.
+
+        Returns False if it has started, was written, has ended, or is unknown.
+        """
+        entry = self.table.get(request_id)
+        if entry is None or entry.written:
+            return False
+        claim = entry.claim
+        if claim is not None and self.claims.cancel(claim) != CANCELLED:
+            return False
+        self.table.remove(entry)
+        self._end_not_delivered(entry, "cancelled before it was written")
+        return True
+
+    # -- outcomes -----------------------------------------------------------
+
+    def _end(self, entry: Entry, outcome: str, result: Any) -> None:
+        """Record an entry's outcome; it is already out of the table."""
+        if entry.claim is None and not entry.written:
+            self.queued -= 1  # it was still in the queue; skipped when popped
+            if len(self.queue) > 2 * self.queued + 64:
+                # Many ended while queued (a long disconnect): drop them now
+                # so the queue stays within a constant factor of the live.
+                table_get = self.table.get
+                self.queue = deque(
+                    item
+                    for item in self.queue
+                    if not isinstance(item, Entry) or table_get(item.request_id) is item
+                )
+        self.recent.add(entry.request_id)
+        self.outcomes[outcome] += 1
+        if isinstance(result, BaseException):
+            entry.fail(result)
+        else:
+            entry.resolve(result)
+
+    def _end_sent(self, entry: Entry) -> None:
+        self._end(entry, "sent", WsDelegatedOk(entry.request_id, confirmed=False))
+
+    def _end_not_delivered(
+        self, entry: Entry, why: str, cause: BaseException | None = None
+    ) -> None:
+        error = NotDelivered(f"request {entry.request_id!r}: {why}", request_id=entry.request_id)
+        error.__cause__ = cause
+        self._end(entry, "not_delivered", error)
+
+    def _end_unconfirmed(self, entry: Entry, why: str, *, written: bool) -> None:
+        error = Unconfirmed(
+            f"request {entry.request_id!r}: {why}", request_id=entry.request_id, written=written
+        )
+        self._end(entry, "unconfirmed", error)
+
+    def _classify_unfinished(self, entry: Entry, why: str) -> None:
+        """End an entry that ran out of time (deadline, disconnect or stop).
+
+        Its claim decides: never started means `NotDelivered`, started but
+        not finished means `Unconfirmed(written=False)`, written means sent
+        (`SENT` mode) or `Unconfirmed(written=True)`.
+        """
+        written = entry.written
+        claim = entry.claim
+        if not written and claim is not None:
+            state = self.claims.cancel(claim)
+            if state == STARTED:
+                self._end_unconfirmed(entry, f"{why} while its write was under way", written=False)
+                return
+            written = state == DONE
+        if not written:
+            self._end_not_delivered(entry, f"{why} before it was written")
+        elif entry.confirm_mode is WsConfirmMode.SENT:
+            self._end_sent(entry)
+        else:
+            self._end_unconfirmed(entry, f"{why} with no reply", written=True)
+
+    def expire(self, now: float | None = None, limit: int | None = None) -> bool:
+        """End the requests whose deadline has passed, at most ``limit`` of them.
+
+        Returns True if more were due than ``limit``: call again soon.
+        """
+        due = self.table.expire_due(now, limit)
+        for entry in due:
+            self._classify_unfinished(entry, "deadline passed")
+        return limit is not None and len(due) == limit
+
+    def next_deadline(self) -> float | None:
+        """The earliest deadline pending, or None."""
+        return self.table.next_deadline()
+
+    # -- outcomes in bulk ---------------------------------------------------
+
+    def _end_many(self, entries: list[Entry], outcome: str, why: str) -> None:
+        """End many entries at once (out of the table, not queued).
+
+        The bookkeeping is done now (table, recent ids, counters), so the
+        state is exactly as if each had ended; their waiters are told by
+        `deliver`, in slices.
+        """
+        if entries:
+            self.table.remove_many(entries)
+            self._record_many(entries, outcome, why)
+
+    def _record_many(self, entries: list[Entry], outcome: str, why: str) -> None:
+        """`_end_many` for entries already out of the table."""
+        self.recent.add_many([entry.request_id for entry in entries])
+        self.outcomes[outcome] += len(entries)
+        self._deliveries.append((entries, outcome, why))
+
+    @property
+    def pending_deliveries(self) -> bool:
+        """Whether waiters of bulk outcomes are still to be told (`deliver`)."""
+        return bool(self._deliveries)
+
+    def deliver(self, budget: int | None = None) -> bool:
+        """Tell up to ``budget`` waiters of bulk outcomes theirs (None: all).
+
+        Returns True if some are left.
+        """
+        deliveries = self._deliveries
+        left = budget
+        while deliveries and left != 0:
+            entries, outcome, why = deliveries[0]
+            while entries and left != 0:
+                entry = entries.pop()  # the order waiters are told in is no promise
+                if left is not None:
+                    left -= 1
+                request_id = entry.request_id
+                message = f"request {request_id!r}: {why}"
+                if outcome == "unconfirmed":
+                    entry.fail(Unconfirmed(message, request_id=request_id, written=True))
+                else:
+                    entry.fail(NotDelivered(message, request_id=request_id))
+            if not entries:
+                deliveries.popleft()
+        return bool(deliveries)
+
+    # -- writing ------------------------------------------------------------
+
+    def next_batch(self) -> Batch | None:
+        """Take the next frames to write, if the connection is open and idle."""
+        if self.inflight is not None or not self.open or not self.queue:
+            return None
+        queue = self.queue
+        table_get = self.table.get
+        items: list[Item] = []
+        claims: list[Claim] = []
+        generation = self.generation
+        while queue and len(items) < self.max_batch:
+            item = queue.popleft()
+            if isinstance(item, Entry):
+                if table_get(item.request_id) is not item:
+                    continue  # ended while queued; already uncounted
+                item.generation = generation
+            self.queued -= 1
+            item.claim = claim = Claim(item.frame)
+            items.append(item)
+            claims.append(claim)
+        if not items:
+            return None
+        self.inflight = batch = Batch(generation, claims, items)
+        return batch
+
+    def batch_written(
+        self, batch: Batch, frames_out: int, bytes_out: int, error: BaseException | None
+    ) -> bool:
+        """Account for a written batch; return True if it failed the open connection.
+
+        Each frame's claim says what happened to it: DONE frames were
+        written, STARTED ones were cut by ``error`` (`NotDelivered`: none of
+        them arrived whole), PENDING ones were never tried and go back to
+        the front of the queue in order.
+        """
+        if self.inflight is not batch:  # pragma: no cover - one batch at a time
+            return False
+        self.inflight = None
+        self.frames_out += frames_out
+        self.bytes_out += bytes_out
+        requeue: list[Item] = []
+        table_get = self.table.get
+        for item, claim in zip(batch.items, batch.claims, strict=True):
+            if item.claim is not claim:
+                continue  # requeued at a disconnect
+            state = claim.state
+            if isinstance(item, SendItem):
+                if state == PENDING:
+                    self.claims.cancel(claim)
+                    if not item.preamble:
+                        item.claim = None
+                        requeue.append(item)
+                elif state == STARTED:
+                    logger.warning("pykka-ws: a WsSend frame was lost with its connection")
+                continue
+            if table_get(item.request_id) is not item:
+                continue  # ended already (a reply, a deadline)
+            if state == DONE:
+                self._on_written(item)
+            elif state == STARTED:
+                self.table.remove(item)
+                self._end_not_delivered(item, "the write failed", error)
+            elif state == PENDING:
+                self.claims.cancel(claim)
+                item.claim = None
+                requeue.append(item)
+        if requeue:
+            self.queue.extendleft(reversed(requeue))
+            self.queued += len(requeue)
+        return error is not None and batch.generation == self.generation and self.open
+
+    def _on_written(self, entry: Entry) -> None:
+        entry.written = True
+        if entry.confirm_mode is WsConfirmMode.SENT:
+            self.table.remove(entry)
+            self._end_sent(entry)
+        elif entry.generation != self.generation or not self.open:
+            self.table.remove(entry)
+            self._end_unconfirmed(
+                entry, "its connection was lost before a reply could come", written=True
+            )
+
+    # -- replies ------------------------------------------------------------
+
+    def reply(
+        self,
+        request_id: RequestId,
+        frame: Frame,
+        *,
+        ok: bool = True,
+        message: str = "",
+        rate_limit_feedback: Any = None,
+    ) -> Any:
+        """A reply matched to ``request_id`` arrived.
+
+        Returns `NOT_A_REPLY`, None, or a `WsLateResponse` to tell the
+        subscribers (see the module docstring).
+        """
+        entry = self.table.get(request_id)
+        if entry is None:
+            if request_id in self.recent:
+                return WsLateResponse(request_id, frame)
+            return NOT_A_REPLY
+        claim = entry.claim
+        # No lock: if the writer starts it just after this read, it still
+        # had not started when the reply (received before) was read.
+        if not entry.written and (claim is None or not claim.started):
+            # Its frame has not reached the socket (still queued, or its
+            # claim is PENDING): this cannot be its reply (a stale reply to
+            # an earlier use of the id, a spoof, a server bug). It confirms
+            # nothing; the request stays queued and is written as usual.
+            self.stray_replies += 1
+            return WsLateResponse(entry.request_id, frame)
+        self.table.remove(entry)
+        request_id = entry.request_id  # the request's own, not an equal one
+        if entry.confirm_mode is WsConfirmMode.SENT:
+            # The reply proves the write; it is never "re-confirmed".
+            self._end_sent(entry)
+            return WsLateResponse(request_id, frame)
+        if ok:
+            result = WsDelegatedOk(request_id, True, frame, rate_limit_feedback)  # noqa: FBT003
+            self._end(entry, "confirmed", result)
+            return None
+        error = EndpointRejected(
+            f"request {request_id!r} rejected by the endpoint: {message}",
+            request_id=request_id,
+            response=frame,
+            reason=message,
+            rate_limit_feedback=rate_limit_feedback,
+        )
+        self._end(entry, "rejected", error)
+        return None
+
+    # -- the connection -----------------------------------------------------
+
+    def opened(self, generation: int, preamble: list[Frame]) -> None:
+        """The connection of ``generation`` opened; ``preamble`` goes first."""
+        self.generation = generation
+        self.open = True
+        if preamble:
+            self.queue.extendleft(reversed([SendItem(f, preamble=True) for f in preamble]))
+            self.queued += len(preamble)
+
+    def connection_lost(self) -> None:
+        """The open connection is gone: requeue, end what cannot be answered."""
+        self.open = False
+        # Handed to the writer but not started: back to the front, in order.
+        inflight = self.inflight
+        if inflight is not None:
+            requeue: list[Item] = []
+            for item in inflight.items:
+                claim = item.claim
+                if claim is None or self.claims.cancel(claim) != CANCELLED:
+                    continue
+                item.claim = None
+                if isinstance(item, SendItem):
+                    if not item.preamble:
+                        requeue.append(item)
+                elif self.table.get(item.request_id) is item:
+                    requeue.append(item)
+            self.queue.extendleft(reversed(requeue))
+            self.queued += len(requeue)
+        # The dead connection's on_open frames: the next one sends its own.
+        if any(isinstance(item, SendItem) and item.preamble for item in self.queue):
+            kept = [i for i in self.queue if not (isinstance(i, SendItem) and i.preamble)]
+            self.queued -= len(self.queue) - len(kept)
+            self.queue = deque(kept)
+        # Written and waiting for a reply on this connection: none can come.
+        generation = self.generation
+        lost = [e for e in self.table if e.written and e.generation == generation]
+        self._end_many(lost, "unconfirmed", "its connection was lost with no reply")
+
+    def give_up(self, reason: str) -> None:
+        """The connection will not be replaced: queued requests end NotDelivered."""
+        self.open = False
+        self.closed = reason
+        table_get = self.table.get
+        queued = [
+            item
+            for item in self.queue
+            if isinstance(item, Entry) and table_get(item.request_id) is item
+        ]
+        self.queue.clear()
+        self.queued = 0
+        self._end_many(queued, "not_delivered", "the actor will not reconnect")
+
+    def stop(self) -> bool:
+        """End every request; return whether a write is stuck (a claim STARTED).
+
+        Queued or unstarted requests end `NotDelivered`, started ones
+        `Unconfirmed(written=False)`, written ones `Unconfirmed(written=True)`
+        (or sent, in `SENT` mode). Nothing may be written after this. The
+        queued ones' waiters are told by `deliver`, in slices.
+        """
+        self.stopped = True
+        self.open = False
+        inflight = self.inflight
+        stuck = inflight is not None and self.claims.cancel_all(inflight.claims)
+        queued: list[Entry] = []
+        for entry in self.table.drain():
+            if entry.claim is None and not entry.written:
+                queued.append(entry)
+            else:
+                self._classify_unfinished(entry, "the actor stopped")
+        self.queue.clear()
+        self.queued = 0
+        if queued:
+            self._record_many(queued, "not_delivered", "the actor stopped before it was written")
+        return stuck
+
+
+def _failed(error: BaseException) -> Deferred:
+    deferred = Deferred()
+    deferred.fail(error)
+    return deferred

@@ -1,0 +1,193 @@
+"""`WebSocketActor.start()`'s arguments, checked once, in the caller's thread.
+
+Every check raises `TypeError` or `ValueError` with the argument's name, so a
+bad value fails in the code that passed it, before any thread is started.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl as ssl_module
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+
+import pykka
+from websockets.exceptions import InvalidURI
+from websockets.uri import WebSocketURI, parse_uri
+
+from pykka_ws._connection import RedactingLogger
+from pykka_ws._endpoint import WsEndpoint
+from pykka_ws._messages import WsBackoff, check_timeout
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
+__all__ = ["Settings", "check_settings"]
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The checked settings of one `WebSocketActor` (see its docstring)."""
+
+    url: str
+    uri: WebSocketURI
+    endpoint: WsEndpoint
+    inbound: list[pykka.ActorRef[Any]]
+    max_pending: int
+    default_timeout: float
+    capacity: int
+    max_batch: int
+    backoff: WsBackoff
+    open_timeout: float
+    write_timeout: float | None
+    max_queue: int
+    subscriber_queue: int
+    subscriber_overflow: str
+    recent_ids: int
+    recent_ids_age: float
+    connect_kwargs: dict[str, Any]
+    """What websockets' ``connect()`` is given, besides the socket."""
+
+
+def check_settings(
+    url: object,
+    *,
+    endpoint: object,
+    inbound: object,
+    max_pending_requests: object,
+    default_timeout: object,
+    outbound_capacity: object,
+    max_batch: object,
+    backoff: object,
+    open_timeout: object,
+    write_timeout: object,
+    close_timeout: object,
+    ping_interval: object,
+    ping_timeout: object,
+    max_size: object,
+    max_queue: object,
+    subscriber_queue: object,
+    subscriber_overflow: object,
+    ssl: object,
+    server_hostname: object,
+    additional_headers: Mapping[str, str] | None,
+    user_agent_header: str | None,
+    compression: object,
+    subprotocols: Iterable[str] | None,
+    recent_ids: object,
+    recent_ids_age: object,
+) -> Settings:
+    """Check every argument of `WebSocketActor.start()`; return them as `Settings`."""
+    if not isinstance(url, str):
+        msg = f"url must be a str, not {type(url).__name__}"
+        raise TypeError(msg)
+    try:
+        uri = parse_uri(url)
+    except InvalidURI as exc:
+        msg = f"url is not a valid ws:// or wss:// URL: {url!r}"
+        raise ValueError(msg) from exc
+    if endpoint is None:
+        endpoint = WsEndpoint()
+    elif not isinstance(endpoint, WsEndpoint):
+        msg = f"endpoint must be a WsEndpoint, not {type(endpoint).__name__}"
+        raise TypeError(msg)
+    if backoff is None:
+        backoff = WsBackoff()
+    elif not isinstance(backoff, WsBackoff):
+        msg = f"backoff must be a WsBackoff, not {type(backoff).__name__}"
+        raise TypeError(msg)
+    checked_write_timeout = check_optional_wait(write_timeout, "write_timeout")
+    checked_close_timeout = check_wait(close_timeout, "close_timeout")
+    if checked_write_timeout is not None:
+        # send() on a closing connection waits up to close_timeout.
+        checked_close_timeout = min(checked_close_timeout, checked_write_timeout)
+    if subscriber_overflow not in {"block", "drop"}:
+        msg = f'subscriber_overflow must be "block" or "drop", not {subscriber_overflow!r}'
+        raise ValueError(msg)
+    if ssl is not None and not isinstance(ssl, ssl_module.SSLContext):
+        msg = f"ssl must be an ssl.SSLContext, not {type(ssl).__name__}"
+        raise TypeError(msg)
+    if ssl is not None and not uri.secure:
+        msg = "ssl is only valid with a wss:// URL"
+        raise ValueError(msg)
+    if compression not in {None, "deflate"}:
+        msg = f'compression must be "deflate" or None, not {compression!r}'
+        raise ValueError(msg)
+    connect_kwargs: dict[str, Any] = {
+        "ping_interval": check_optional_wait(ping_interval, "ping_interval"),
+        "ping_timeout": check_optional_wait(ping_timeout, "ping_timeout"),
+        "close_timeout": checked_close_timeout,
+        "max_size": None if max_size is None else check_count(max_size, "max_size"),
+        "compression": compression,
+        "additional_headers": dict(additional_headers) if additional_headers else None,
+        "user_agent_header": user_agent_header,
+        "subprotocols": list(subprotocols) if subprotocols is not None else None,
+        "proxy": None,
+        "logger": RedactingLogger(logging.getLogger("websockets.client"), additional_headers or ()),
+    }
+    if uri.secure:
+        connect_kwargs["ssl"] = ssl
+        if server_hostname is not None:
+            connect_kwargs["server_hostname"] = server_hostname
+    return Settings(
+        url=url,
+        uri=uri,
+        endpoint=endpoint,
+        inbound=check_inbound(inbound),
+        max_pending=check_count(max_pending_requests, "max_pending_requests"),
+        default_timeout=check_timeout(default_timeout, "default_timeout"),
+        capacity=check_count(outbound_capacity, "outbound_capacity"),
+        max_batch=check_count(max_batch, "max_batch"),
+        backoff=backoff,
+        open_timeout=check_wait(open_timeout, "open_timeout"),
+        write_timeout=checked_write_timeout,
+        max_queue=check_count(max_queue, "max_queue"),
+        subscriber_queue=check_count(subscriber_queue, "subscriber_queue"),
+        subscriber_overflow=subscriber_overflow,
+        recent_ids=check_count(recent_ids, "recent_ids"),
+        recent_ids_age=check_timeout(recent_ids_age, "recent_ids_age"),
+        connect_kwargs=connect_kwargs,
+    )
+
+
+def check_count(value: object, name: str) -> int:
+    """Return ``value`` if it is an int >= 1, else raise."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        msg = f"{name} must be an int, not {type(value).__name__}"
+        raise TypeError(msg)
+    if value < 1:
+        msg = f"{name} must be >= 1, not {value}"
+        raise ValueError(msg)
+    return value
+
+
+def check_wait(value: object, name: str) -> float:
+    """A number of seconds that sockets and locks will wait on: <= TIMEOUT_MAX."""
+    seconds = check_timeout(value, name)
+    if seconds > threading.TIMEOUT_MAX:
+        msg = f"{name} must be <= {threading.TIMEOUT_MAX:.0f} s (threading.TIMEOUT_MAX)"
+        raise ValueError(msg)
+    return seconds
+
+
+def check_optional_wait(value: object, name: str) -> float | None:
+    """`check_wait`, or None for None."""
+    return None if value is None else check_wait(value, name)
+
+
+def check_inbound(inbound: object) -> list[pykka.ActorRef[Any]]:
+    """Return the subscribers as a list of `ActorRef`, else raise."""
+    if inbound is None:
+        return []
+    if isinstance(inbound, pykka.ActorRef):
+        return [inbound]
+    try:
+        refs: list[object] = list(inbound)  # type: ignore[call-overload]
+    except TypeError:
+        refs = [inbound]
+    for ref in refs:
+        if not isinstance(ref, pykka.ActorRef):
+            msg = f"inbound must be an ActorRef or an iterable of them, not {type(ref).__name__}"
+            raise TypeError(msg)
+    return cast("list[pykka.ActorRef[Any]]", refs)
