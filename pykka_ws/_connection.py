@@ -28,7 +28,7 @@ from websockets.frames import CloseCode, Opcode
 from websockets.protocol import State
 from websockets.sync.client import ClientConnection
 
-from pykka_ws import _ws_compat
+from pykka_ws._ws_compat import close_socket, protocol_mutex, transport_error
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -220,7 +220,7 @@ class Connection(ClientConnection):
             except UnicodeDecodeError:
                 # Same as websockets: invalid UTF-8 in a text frame fails the
                 # connection with 1007.
-                with _ws_compat.protocol_mutex(self):
+                with protocol_mutex(self):
                     self.protocol.fail(CloseCode.INVALID_DATA, "invalid UTF-8 in a text frame")
                     try:
                         self.send_data()
@@ -241,9 +241,9 @@ class Connection(ClientConnection):
             cause: BaseException | None
             try:
                 cause = self.protocol.close_exc
-                transport_error = _ws_compat.transport_error(self)
-                if transport_error is not None and transport_error is not cause:
-                    cause.__cause__ = transport_error
+                error = transport_error(self)
+                if error is not None and error is not cause:
+                    cause.__cause__ = error
             except Exception as exc:  # noqa: BLE001 - the cause is only informative
                 cause = exc
             self._sink.tell(Closed(self._sink.generation, cause), wait=False)
@@ -259,7 +259,7 @@ class Connection(ClientConnection):
             self.socket.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
-        _ws_compat.close_socket(self)
+        close_socket(self)
 
     def join_threads(self) -> None:
         """Wait for websockets' receiving and keepalive threads to end."""

@@ -35,37 +35,29 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from pykka_ws._claims import CANCELLED, DONE, PENDING, STARTED, Claim, ClaimLock
+from pykka_ws._claims import CANCELLED, DONE, PENDING, STARTED, Claim
 from pykka_ws._errors import (
     EndpointRejected,
     NotDelivered,
     PayloadMismatch,
     TooManyPending,
-    Unconfirmed,
     WsSendRefused,
 )
-from pykka_ws._futures import Deferred
 from pykka_ws._messages import WsConfirmMode, WsDelegatedOk, WsLateResponse
-from pykka_ws._pending import Entry, Insert, PendingTable, RecentIds
+from pykka_ws._outcomes import OUTCOMES, Ledger, failed
+from pykka_ws._pending import Entry, Insert
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from pykka_ws._futures import Deferred
     from pykka_ws._messages import Frame, RequestId, WsDelegatedRequest
 
 __all__ = ["NOT_A_REPLY", "OUTCOMES", "Batch", "Core", "SendItem"]
 
+
 logger = logging.getLogger("pykka_ws")
 
-OUTCOMES = (
-    "confirmed",
-    "sent",
-    "rejected",
-    "not_delivered",
-    "unconfirmed",
-    "payload_mismatch",
-    "too_many_pending",
-)
 
 NOT_A_REPLY: Any = object()
 """`Core.reply`'s answer for a frame that is no reply: pass it on as inbound."""
@@ -103,8 +95,11 @@ class Batch:
         self.held: Any = None
 
 
-class Core:
+class Core(Ledger):
     """The outbound queue, pending requests and their outcomes.
+
+    How requests end (outcomes, deadlines, bulk deliveries) is `Ledger`'s;
+    this class adds the events: requests, writes, replies, the connection.
 
     Args:
         max_pending: Most distinct request ids in flight.
@@ -127,28 +122,25 @@ class Core:
         recent_ids_age: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.clock = clock
-        self.table = PendingTable(max_pending, clock=clock)
-        self.recent = RecentIds(recent_ids, recent_ids_age, clock=clock)
-        self.claims = ClaimLock()
+        super().__init__(
+            max_pending=max_pending,
+            recent_ids=recent_ids,
+            recent_ids_age=recent_ids_age,
+            clock=clock,
+        )
         self.capacity = capacity
         self.max_batch = max_batch
         self.default_timeout = default_timeout
-        self.queue: deque[Item] = deque()
-        self.queued = 0  # live items in self.queue
         self.inflight: Batch | None = None
         self.generation = 0  # of the open connection, or of the last one
         self.open = False
         self.closed: str | None = None  # why it will not reconnect, once it will not
         self.stopped = False
-        self.outcomes = dict.fromkeys(OUTCOMES, 0)
         self.stray_replies = 0
         self.sends_refused = 0
         self.frames_out = 0
         self.bytes_out = 0
         self._refusing = False
-        # Outcomes decided in bulk, waiters not yet told: (entries, outcome, why).
-        self._deliveries: deque[tuple[list[Entry], str, str]] = deque()
 
     # -- requests and sends -------------------------------------------------
 
@@ -157,9 +149,11 @@ class Core:
         timeout = request.timeout if request.timeout is not None else self.default_timeout
         deadline = request.created_at + timeout
         request_id = request.request_id
-        if self.closed is not None or self.stopped:
+        if (self.closed is not None or self.stopped) and request_id not in self.table:
+            # (With the id in flight, its frame still being written, it joins
+            # or mismatches as usual: the outcome describes that frame.)
             self.outcomes["not_delivered"] += 1
-            return _failed(
+            return failed(
                 NotDelivered(
                     f"request {request_id!r}: the actor is disconnected and will not "
                     f"reconnect ({self.closed or 'stopped'})",
@@ -170,7 +164,7 @@ class Core:
             entry = self.table.get(request_id)
             if entry is None:
                 self.outcomes["not_delivered"] += 1
-                return _failed(
+                return failed(
                     NotDelivered(
                         f"request {request_id!r}: its deadline passed before the actor saw it",
                         request_id=request_id,
@@ -206,7 +200,7 @@ class Core:
             return entry
         if result is Insert.MISMATCH:
             self.outcomes["payload_mismatch"] += 1
-            return _failed(
+            return failed(
                 PayloadMismatch(
                     f"request {request_id!r} is in flight with another payload "
                     "(fingerprint or confirm_mode differs)",
@@ -215,49 +209,15 @@ class Core:
             )
         self.outcomes["too_many_pending"] += 1
         limit = self.table.limit
-        return _failed(
+        return failed(
             TooManyPending(f"{limit} requests are in flight (max_pending_requests)", limit=limit)
-        )
-
-    def _joiner_expired(self, entry: Entry) -> Deferred:
-        """Resolve a late joiner as ``entry`` would end at a deadline now; keep the entry."""
-        request_id = entry.request_id
-        why = f"request {request_id!r}: its deadline passed before the actor saw it"
-        claim = entry.claim
-        state = claim.state if claim is not None else PENDING
-        if entry.written or state == DONE:
-            if entry.confirm_mode is WsConfirmMode.SENT:
-                self.outcomes["sent"] += 1
-                deferred = Deferred()
-                deferred.resolve(WsDelegatedOk(request_id, confirmed=False))
-                return deferred
-            self.outcomes["unconfirmed"] += 1
-            return _failed(
-                Unconfirmed(
-                    f"{why}; the frame of that id was written, with no reply yet",
-                    request_id=request_id,
-                    written=True,
-                )
-            )
-        if state == STARTED:
-            self.outcomes["unconfirmed"] += 1
-            return _failed(
-                Unconfirmed(
-                    f"{why}; the frame of that id is being written",
-                    request_id=request_id,
-                    written=False,
-                )
-            )
-        self.outcomes["not_delivered"] += 1
-        return _failed(
-            NotDelivered(f"{why}; the frame of that id has not been written", request_id=request_id)
         )
 
     def send(self, frame: Frame) -> Deferred | None:
         """A `WsSend` arrives: queue it (None), or refuse it (a failed Deferred)."""
         if self.closed is not None or self.stopped:
             self.sends_refused += 1
-            return _failed(
+            return failed(
                 WsSendRefused(
                     "the actor is disconnected and will not reconnect "
                     f"({self.closed or 'stopped'})",
@@ -273,7 +233,7 @@ class Core:
                     "frames until it drains; see WsStats.sends_refused",
                     self.capacity,
                 )
-            return _failed(
+            return failed(
                 WsSendRefused(
                     f"the outbound queue is full (outbound_capacity={self.capacity})",
                     capacity=self.capacity,
@@ -298,127 +258,6 @@ class Core:
         self.table.remove(entry)
         self._end_not_delivered(entry, "cancelled before it was written")
         return True
-
-    # -- outcomes -----------------------------------------------------------
-
-    def _end(self, entry: Entry, outcome: str, result: Any) -> None:
-        """Record an entry's outcome; it is already out of the table."""
-        if entry.claim is None and not entry.written:
-            self.queued -= 1  # it was still in the queue; skipped when popped
-            if len(self.queue) > 2 * self.queued + 64:
-                # Many ended while queued (a long disconnect): drop them now
-                # so the queue stays within a constant factor of the live.
-                table_get = self.table.get
-                self.queue = deque(
-                    item
-                    for item in self.queue
-                    if not isinstance(item, Entry) or table_get(item.request_id) is item
-                )
-        self.recent.add(entry.request_id)
-        self.outcomes[outcome] += 1
-        if isinstance(result, BaseException):
-            entry.fail(result)
-        else:
-            entry.resolve(result)
-
-    def _end_sent(self, entry: Entry) -> None:
-        self._end(entry, "sent", WsDelegatedOk(entry.request_id, confirmed=False))
-
-    def _end_not_delivered(
-        self, entry: Entry, why: str, cause: BaseException | None = None
-    ) -> None:
-        error = NotDelivered(f"request {entry.request_id!r}: {why}", request_id=entry.request_id)
-        error.__cause__ = cause
-        self._end(entry, "not_delivered", error)
-
-    def _end_unconfirmed(self, entry: Entry, why: str, *, written: bool) -> None:
-        error = Unconfirmed(
-            f"request {entry.request_id!r}: {why}", request_id=entry.request_id, written=written
-        )
-        self._end(entry, "unconfirmed", error)
-
-    def _classify_unfinished(self, entry: Entry, why: str) -> None:
-        """End an entry that ran out of time (deadline, disconnect or stop).
-
-        Its claim decides: never started means `NotDelivered`, started but
-        not finished means `Unconfirmed(written=False)`, written means sent
-        (`SENT` mode) or `Unconfirmed(written=True)`.
-        """
-        written = entry.written
-        claim = entry.claim
-        if not written and claim is not None:
-            state = self.claims.cancel(claim)
-            if state == STARTED:
-                self._end_unconfirmed(entry, f"{why} while its write was under way", written=False)
-                return
-            written = state == DONE
-        if not written:
-            self._end_not_delivered(entry, f"{why} before it was written")
-        elif entry.confirm_mode is WsConfirmMode.SENT:
-            self._end_sent(entry)
-        else:
-            self._end_unconfirmed(entry, f"{why} with no reply", written=True)
-
-    def expire(self, now: float | None = None, limit: int | None = None) -> bool:
-        """End the requests whose deadline has passed, at most ``limit`` of them.
-
-        Returns True if more were due than ``limit``: call again soon.
-        """
-        due = self.table.expire_due(now, limit)
-        for entry in due:
-            self._classify_unfinished(entry, "deadline passed")
-        return limit is not None and len(due) == limit
-
-    def next_deadline(self) -> float | None:
-        """The earliest deadline pending, or None."""
-        return self.table.next_deadline()
-
-    # -- outcomes in bulk ---------------------------------------------------
-
-    def _end_many(self, entries: list[Entry], outcome: str, why: str) -> None:
-        """End many entries at once (out of the table, not queued).
-
-        The bookkeeping is done now (table, recent ids, counters), so the
-        state is exactly as if each had ended; their waiters are told by
-        `deliver`, in slices.
-        """
-        if entries:
-            self.table.remove_many(entries)
-            self._record_many(entries, outcome, why)
-
-    def _record_many(self, entries: list[Entry], outcome: str, why: str) -> None:
-        """`_end_many` for entries already out of the table."""
-        self.recent.add_many([entry.request_id for entry in entries])
-        self.outcomes[outcome] += len(entries)
-        self._deliveries.append((entries, outcome, why))
-
-    @property
-    def pending_deliveries(self) -> bool:
-        """Whether waiters of bulk outcomes are still to be told (`deliver`)."""
-        return bool(self._deliveries)
-
-    def deliver(self, budget: int | None = None) -> bool:
-        """Tell up to ``budget`` waiters of bulk outcomes theirs (None: all).
-
-        Returns True if some are left.
-        """
-        deliveries = self._deliveries
-        left = budget
-        while deliveries and left != 0:
-            entries, outcome, why = deliveries[0]
-            while entries and left != 0:
-                entry = entries.pop()  # the order waiters are told in is no promise
-                if left is not None:
-                    left -= 1
-                request_id = entry.request_id
-                message = f"request {request_id!r}: {why}"
-                if outcome == "unconfirmed":
-                    entry.fail(Unconfirmed(message, request_id=request_id, written=True))
-                else:
-                    entry.fail(NotDelivered(message, request_id=request_id))
-            if not entries:
-                deliveries.popleft()
-        return bool(deliveries)
 
     # -- writing ------------------------------------------------------------
 
@@ -571,9 +410,18 @@ class Core:
         inflight = self.inflight
         if inflight is not None:
             requeue: list[Item] = []
+            table_get = self.table.get
             for item in inflight.items:
                 claim = item.claim
-                if claim is None or self.claims.cancel(claim) != CANCELLED:
+                if claim is None:
+                    continue
+                state = self.claims.cancel(claim)
+                if state == DONE and isinstance(item, Entry) and table_get(item.request_id) is item:
+                    # Written, its batch_written still to come: it ends now
+                    # as a written request on a lost connection does.
+                    self._on_written(item)
+                    continue
+                if state != CANCELLED:
                     continue
                 item.claim = None
                 if isinstance(item, SendItem):
@@ -630,9 +478,3 @@ class Core:
         if queued:
             self._record_many(queued, "not_delivered", "the actor stopped before it was written")
         return stuck
-
-
-def _failed(error: BaseException) -> Deferred:
-    deferred = Deferred()
-    deferred.fail(error)
-    return deferred

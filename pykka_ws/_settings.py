@@ -105,31 +105,19 @@ def check_settings(
     if subscriber_overflow not in {"block", "drop"}:
         msg = f'subscriber_overflow must be "block" or "drop", not {subscriber_overflow!r}'
         raise ValueError(msg)
-    if ssl is not None and not isinstance(ssl, ssl_module.SSLContext):
-        msg = f"ssl must be an ssl.SSLContext, not {type(ssl).__name__}"
-        raise TypeError(msg)
-    if ssl is not None and not uri.secure:
-        msg = "ssl is only valid with a wss:// URL"
-        raise ValueError(msg)
-    if compression not in {None, "deflate"}:
-        msg = f'compression must be "deflate" or None, not {compression!r}'
-        raise ValueError(msg)
-    connect_kwargs: dict[str, Any] = {
-        "ping_interval": check_optional_wait(ping_interval, "ping_interval"),
-        "ping_timeout": check_optional_wait(ping_timeout, "ping_timeout"),
-        "close_timeout": checked_close_timeout,
-        "max_size": None if max_size is None else check_count(max_size, "max_size"),
-        "compression": compression,
-        "additional_headers": dict(additional_headers) if additional_headers else None,
-        "user_agent_header": user_agent_header,
-        "subprotocols": list(subprotocols) if subprotocols is not None else None,
-        "proxy": None,
-        "logger": RedactingLogger(logging.getLogger("websockets.client"), additional_headers or ()),
-    }
-    if uri.secure:
-        connect_kwargs["ssl"] = ssl
-        if server_hostname is not None:
-            connect_kwargs["server_hostname"] = server_hostname
+    connect_kwargs = _connect_kwargs(
+        uri,
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
+        close_timeout=checked_close_timeout,
+        max_size=max_size,
+        compression=compression,
+        additional_headers=additional_headers,
+        user_agent_header=user_agent_header,
+        subprotocols=subprotocols,
+        ssl=ssl,
+        server_hostname=server_hostname,
+    )
     return Settings(
         url=url,
         uri=uri,
@@ -149,6 +137,49 @@ def check_settings(
         recent_ids_age=check_timeout(recent_ids_age, "recent_ids_age"),
         connect_kwargs=connect_kwargs,
     )
+
+
+def _connect_kwargs(
+    uri: WebSocketURI,
+    *,
+    ping_interval: object,
+    ping_timeout: object,
+    close_timeout: float,
+    max_size: object,
+    compression: object,
+    additional_headers: Mapping[str, str] | None,
+    user_agent_header: str | None,
+    subprotocols: Iterable[str] | None,
+    ssl: object,
+    server_hostname: object,
+) -> dict[str, Any]:
+    """Check websockets' own settings; return what ``connect()`` is given."""
+    if ssl is not None and not isinstance(ssl, ssl_module.SSLContext):
+        msg = f"ssl must be an ssl.SSLContext, not {type(ssl).__name__}"
+        raise TypeError(msg)
+    if ssl is not None and not uri.secure:
+        msg = "ssl is only valid with a wss:// URL"
+        raise ValueError(msg)
+    if compression not in {None, "deflate"}:
+        msg = f'compression must be "deflate" or None, not {compression!r}'
+        raise ValueError(msg)
+    connect_kwargs: dict[str, Any] = {
+        "ping_interval": check_optional_wait(ping_interval, "ping_interval"),
+        "ping_timeout": check_optional_wait(ping_timeout, "ping_timeout"),
+        "close_timeout": close_timeout,
+        "max_size": None if max_size is None else check_count(max_size, "max_size"),
+        "compression": compression,
+        "additional_headers": dict(additional_headers) if additional_headers else None,
+        "user_agent_header": user_agent_header,
+        "subprotocols": list(subprotocols) if subprotocols is not None else None,
+        "proxy": None,
+        "logger": RedactingLogger(logging.getLogger("websockets.client"), additional_headers or ()),
+    }
+    if uri.secure:
+        connect_kwargs["ssl"] = ssl
+        if server_hostname is not None:
+            connect_kwargs["server_hostname"] = server_hostname
+    return connect_kwargs
 
 
 def check_count(value: object, name: str) -> int:

@@ -36,7 +36,7 @@ import pykka
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 from websockets.protocol import State
 
-from pykka_ws import _ws_compat
+from pykka_ws._ws_compat import close_socket, protocol_mutex, set_transport_error
 
 if TYPE_CHECKING:
     from pykka_ws._claims import Claim, ClaimLock
@@ -126,7 +126,7 @@ def write_batch(batch: Batch, claims: ClaimLock) -> WriteResult:
     mutex is released.
     """
     connection: Connection = batch.connection
-    mutex = _ws_compat.protocol_mutex(connection)
+    mutex = protocol_mutex(connection)
     held: Held | None = batch.held
     frames_out = 0
     bytes_out = 0
@@ -147,7 +147,7 @@ def write_batch(batch: Batch, claims: ClaimLock) -> WriteResult:
             try:
                 index, window, ends, data = _encode_window(connection, claim_list, index, claims)
             except Exception as exc:  # noqa: BLE001 - the stream is unusable now
-                _ws_compat.set_transport_error(connection, exc)
+                set_transport_error(connection, exc)
                 error = exc
                 break
             if not window:
@@ -158,7 +158,7 @@ def write_batch(batch: Batch, claims: ClaimLock) -> WriteResult:
     finally:
         mutex.release()
     if error is not None and not isinstance(error, ConnectionClosed):
-        _ws_compat.close_socket(connection)  # as websockets does after a failed write
+        close_socket(connection)  # as websockets does after a failed write
     return WriteResult(frames_out, bytes_out, error)
 
 
@@ -173,7 +173,7 @@ def try_write_now(connection: Connection, batch: Batch, claims: ClaimLock) -> Wr
     """
     if not _CAN_TRY_NOW or isinstance(connection.socket, ssl.SSLSocket):
         return None
-    mutex = _ws_compat.protocol_mutex(connection)
+    mutex = protocol_mutex(connection)
     if not mutex.acquire(blocking=False):
         return None
     result: WriteResult | None = None
@@ -185,7 +185,7 @@ def try_write_now(connection: Connection, batch: Batch, claims: ClaimLock) -> Wr
         if not handed_over:
             mutex.release()
     if result is not None and result.error is not None:
-        _ws_compat.close_socket(connection)  # as websockets does after a failed write
+        close_socket(connection)  # as websockets does after a failed write
     return result
 
 
@@ -196,19 +196,19 @@ def _write_now(
 
     Requires holding websockets' protocol mutex.
     """
-    assert _ws_compat.protocol_mutex(connection).locked()  # noqa: S101 - as websockets does
+    assert protocol_mutex(connection).locked()  # noqa: S101 - as websockets does
     claim_list = batch.claims
     try:
         index, window, ends, data = _encode_window(connection, claim_list, 0, claims)
     except Exception as exc:  # noqa: BLE001 - the stream is unusable now
-        _ws_compat.set_transport_error(connection, exc)
+        set_transport_error(connection, exc)
         return WriteResult(0, 0, exc), False
     try:
         sent = connection.socket.send(data, _MSG_DONTWAIT)
     except BlockingIOError:
         sent = 0
     except Exception as exc:  # noqa: BLE001 - reported, and the connection failed
-        _ws_compat.set_transport_error(connection, exc)
+        set_transport_error(connection, exc)
         return WriteResult(0, 0, exc), False
     done = 0
     while done < len(window) and ends[done] <= sent:
@@ -230,7 +230,7 @@ def _encode_window(
 
     Requires holding websockets' protocol mutex.
     """
-    assert _ws_compat.protocol_mutex(connection).locked()  # noqa: S101 - as websockets does
+    assert protocol_mutex(connection).locked()  # noqa: S101 - as websockets does
     protocol = connection.protocol
     window: list[Claim] = []
     ends: list[int] = []
@@ -281,5 +281,5 @@ def _send_window(
         error = exc
     else:
         return done, sent, None
-    _ws_compat.set_transport_error(connection, error)
+    set_transport_error(connection, error)
     return done, sent, error

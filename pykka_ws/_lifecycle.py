@@ -1,0 +1,351 @@
+"""The connection's life, for the owner actor: connect, open, lose, back off, stop.
+
+`ConnectionLife` is a part of `WebSocketActor` (a mixin; it runs on the
+owner's thread only), kept apart so each file has one job: this one owns the
+states CONNECTING -> OPEN -> BACKOFF -> CONNECTING ... and CLOSED, STOPPED,
+the connector thread, the connection's threads and their joining, the
+reconnect backoff, and ``stop()``. Outcomes are the core's (`_core`): this
+only tells it that a connection opened, was lost, or will not come back.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import pykka
+
+from pykka_ws._connector import ConnectorSlot, run_connector
+from pykka_ws._endpoint import WsEndpoint
+from pykka_ws._messages import WsConnected, WsDisconnected, check_frame
+from pykka_ws._scheduler import SCHEDULER
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from pykka_ws._connection import Closed, Connection, Opened, OpenFailed
+    from pykka_ws._core import Core
+    from pykka_ws._messages import Frame
+    from pykka_ws._scheduler import TimerHandle
+    from pykka_ws._settings import Settings
+    from pykka_ws._subscribers import Subscribers
+    from pykka_ws._writer import WsWriter
+
+__all__ = [
+    "BACKOFF",
+    "CLOSED",
+    "CONNECTING",
+    "OPEN",
+    "SLICE",
+    "STOPPED",
+    "ConnectionLife",
+    "Reconnect",
+]
+
+logger = logging.getLogger("pykka_ws")
+
+CONNECTING = "connecting"
+OPEN = "open"
+BACKOFF = "backoff"
+CLOSED = "closed"
+STOPPED = "stopped"
+
+SLICE = 512
+"""Most outcomes decided or told per message handled: bulk work (100,000
+requests ending at a disconnect, a deadline or a stop) goes in slices with
+the inbox let through between them."""
+
+
+class Reconnect:
+    """The backoff delay after ``generation`` ended is over."""
+
+    __slots__ = ("generation",)
+
+    def __init__(self, generation: int) -> None:
+        self.generation = generation
+
+
+class ConnectionLife:
+    """The connection half of `WebSocketActor` (see the module docstring)."""
+
+    # Set by WebSocketActor, used here.
+    actor_ref: pykka.ActorRef[Any]
+    actor_inbox: Any
+    _settings: Settings
+    _core: Core
+    _subscribers: Subscribers
+    _writer: pykka.ActorRef[WsWriter] | None
+    _endpoint: WsEndpoint
+    _url: str
+    _handlers: dict[type, Any]
+    _expiry_timer: TimerHandle | None
+    _credit_timer: TimerHandle | None
+    _hook_errors: int
+
+    def _init_lifecycle(self) -> None:
+        self._rng = random.Random()  # noqa: S311 - jitter, not cryptography
+        self._state = CONNECTING
+        self._generation = 0  # counts attempts; every event carries one
+        self._opened = 0  # connections that opened
+        self._reconnects = 0
+        self._connection: Connection | None = None
+        self._old_connections: list[Connection] = []
+        self._connector: threading.Thread | None = None
+        self._slot: ConnectorSlot | None = None
+        self._early_close: Closed | None = None
+        self._attempt = 0
+        self._opened_at: float | None = None
+        self._connected_since: float | None = None
+        self._reconnect_timer: TimerHandle | None = None
+        self._last_error: str | None = None
+
+    # Provided by WebSocketActor.
+
+    def _call_hook(self, name: str, *args: Any) -> Any:
+        raise NotImplementedError
+
+    def _hook_garbage(self, name: str, value: object) -> None:
+        raise NotImplementedError
+
+    def _flush(self) -> None:
+        raise NotImplementedError
+
+    def _start_delivering(self) -> None:
+        raise NotImplementedError
+
+    # -- connection ---------------------------------------------------------
+
+    def _connect(self) -> None:
+        self._generation += 1
+        self._state = CONNECTING
+        self._reap_threads()
+        settings = self._settings
+        self._slot = slot = ConnectorSlot()
+        self._connector = threading.Thread(
+            target=run_connector,
+            args=(self.actor_ref, self._generation, settings.url, settings.uri, slot),
+            kwargs={
+                "open_timeout": settings.open_timeout,
+                "write_timeout": settings.write_timeout,
+                "max_queue": settings.max_queue,
+                "connect_kwargs": settings.connect_kwargs,
+            },
+            name=f"pykka-ws-connect-{self._generation}",
+            daemon=True,
+        )
+        self._connector.start()
+
+    def _on_opened(self, message: Opened) -> None:
+        if message.generation != self._generation or self._state != CONNECTING:
+            message.connection.abort()  # pragma: no cover - cannot happen
+            return
+        early_close, self._early_close = self._early_close, None
+        self._state = OPEN
+        self._connection = message.connection
+        self._opened_at = time.monotonic()
+        self._connected_since = time.time()
+        self._opened += 1
+        if self._opened > 1:
+            self._reconnects += 1
+        # on_open() runs first: a subscriber reacting to WsConnected by
+        # changing the endpoint's state cannot race this connection's frames.
+        preamble = self._on_open_frames()
+        self._subscribers.publish(WsConnected(self._url, self._opened))
+        self._core.opened(message.generation, preamble)
+        if early_close is not None and early_close.generation == message.generation:
+            self._connection_lost(early_close.cause)  # it closed before we knew it opened
+            return
+        self._flush()
+
+    def _on_open_frames(self) -> list[Frame]:
+        frames = self._call_hook("on_open")
+        try:
+            return [check_frame(f, "on_open() frame") for f in frames]
+        except TypeError:
+            self._hook_garbage("on_open", frames)
+        except Exception:
+            self._hook_errors += 1
+            logger.exception("pykka-ws: endpoint hook on_open() raised")
+        return []
+
+    def _on_open_failed(self, message: OpenFailed) -> None:
+        if message.generation != self._generation or self._state != CONNECTING:
+            return  # pragma: no cover
+        self._early_close = None
+        self._after_disconnect(message.error, was_open=False)
+
+    def _on_closed(self, message: Closed) -> None:
+        if message.generation != self._generation:
+            return
+        if self._state == CONNECTING:
+            self._early_close = message  # Opened or OpenFailed is on its way
+            return
+        if self._state != OPEN:
+            return
+        self._connection_lost(message.cause)
+
+    def _connection_lost(self, cause: BaseException | None) -> None:
+        """The open connection is gone: requeue, end what cannot be answered."""
+        connection = self._connection
+        self._connection = None
+        if connection is not None:
+            self._old_connections.append(connection)
+        self._subscribers.release()  # a receiving thread paused on them must see the end
+        self._core.connection_lost()
+        self._start_delivering()
+        self._after_disconnect(cause)
+
+    def _after_disconnect(self, cause: BaseException | None, *, was_open: bool = True) -> None:
+        generation = self._generation
+        lived = time.monotonic() - self._opened_at if self._opened_at is not None else 0.0
+        self._opened_at = None
+        self._connected_since = None
+        self._last_error = describe(cause)
+        reconnect = self._call_hook("on_disconnect", cause)
+        if not isinstance(reconnect, bool):
+            self._hook_garbage("on_disconnect", reconnect)
+            reconnect = WsEndpoint.on_disconnect(self._endpoint, cause)
+        number = self._opened if was_open else self._opened + 1
+        self._subscribers.publish(
+            WsDisconnected(cause, number, reconnecting=reconnect, was_open=was_open)
+        )
+        if not reconnect:
+            self._state = CLOSED
+            logger.warning("pykka-ws: not reconnecting to %s: %s", self._url, self._last_error)
+            self._core.give_up(self._last_error or "the endpoint decided not to reconnect")
+            self._start_delivering()
+            return
+        self._state = BACKOFF
+        backoff = self._settings.backoff
+        if lived >= backoff.reset_after:
+            self._attempt = 0
+        delay = backoff.delay(self._attempt, self._rng)
+        self._attempt += 1
+        logger.info(
+            "pykka-ws: connection %d to %s lost (%s); reconnecting in %.3f s",
+            generation,
+            self._url,
+            self._last_error,
+            delay,
+        )
+        self._reconnect_timer = SCHEDULER.call_later(delay, self.actor_ref, Reconnect(generation))
+
+    def _on_reconnect(self, message: Reconnect) -> None:
+        self._reconnect_timer = None
+        if message.generation == self._generation and self._state == BACKOFF:
+            self._connect()
+
+    def _reap_threads(self) -> None:
+        """Forget finished threads of earlier connections."""
+        self._old_connections = [
+            c for c in self._old_connections if c.recv_events_thread.is_alive()
+        ]
+        if self._connector is not None and not self._connector.is_alive():
+            self._connector = None
+
+    # -- stop ---------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        if self._state == STOPPED:
+            return
+        self._state = STOPPED
+        for timer in (self._expiry_timer, self._reconnect_timer, self._credit_timer):
+            if timer is not None:
+                timer.cancel()
+        unadopted = self._slot.cancel() if self._slot is not None else None
+        if unadopted is not None and unadopted is not self._connection:
+            # Opened while we were stopping: its Opened message is lost.
+            unadopted.abort()
+            self._old_connections.append(unadopted)
+        # Nothing more may start: every claim not yet started is cancelled.
+        stuck = self._core.stop()
+        self._tell_everyone_while_stopping()
+        connection = self._connection
+        self._connection = None
+        if connection is not None:
+            connection.drop()
+            if stuck:
+                connection.abort()  # close() would wait on the stuck write's lock
+            else:
+                try:
+                    connection.close()
+                except Exception:  # noqa: BLE001
+                    connection.abort()
+            self._old_connections.append(connection)
+        for old in self._old_connections:
+            if old is not connection:
+                old.abort()  # dead already: free a writer still stuck on one
+        if self._writer is not None:
+            try:
+                self._writer.stop()
+            except pykka.ActorDeadError:  # pragma: no cover
+                pass
+        connector, self._connector = self._connector, None
+        if connector is not None and not (self._slot is not None and self._slot.resolving):
+            # Cancelled above, it ends at once (its connect, TLS or WebSocket
+            # handshake aborted); close_timeout only bounds the wait. The one
+            # exception is a DNS lookup, which cannot be interrupted: the
+            # connector is not waited for then, and exits by itself (a daemon
+            # thread, connecting nothing) as soon as the lookup returns.
+            connector.join(self._settings.connect_kwargs["close_timeout"])
+        for old in self._old_connections:
+            old.abort()
+            old.join_threads()
+        self._old_connections.clear()
+        SCHEDULER.release()
+
+    def _tell_everyone_while_stopping(self) -> None:
+        """Tell every waiter its outcome, in slices, answering the inbox between them.
+
+        pykka answers what is left in the inbox (``ActorDeadError``) only
+        after ``on_stop`` returns; with 100,000 waiters to tell, an ask
+        behind the stop would wait for all of them. Between slices, this
+        answers the inbox's asks the same way pykka will, right away. Only
+        this actor's own messages are answered; anything else (pykka's own
+        stop messages) is put back for pykka, in order.
+        """
+        core = self._core
+        while core.deliver(SLICE):
+            refuse_inbox(self.actor_inbox, self._handlers)
+
+
+def describe(cause: BaseException | None) -> str | None:
+    """A readable description of an exception and its causes, or None."""
+    if cause is None:
+        return None
+    parts = []
+    seen: set[int] = set()
+    exc: BaseException | None = cause
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = str(exc)
+        parts.append(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
+        exc = exc.__cause__ or exc.__context__
+    return " <- ".join(parts)
+
+
+def refuse_inbox(inbox: Any, own: Mapping[type, object]) -> None:
+    """Answer the asks waiting in a stopping actor's inbox as pykka's teardown would.
+
+    Relies on pykka's envelopes having ``message`` and ``reply_to`` (pykka 4).
+    Messages of types not in ``own`` are put back, in order, for pykka.
+    """
+    kept = []
+    while True:
+        try:
+            envelope = inbox.get_nowait()
+        except queue.Empty:
+            break
+        if type(envelope.message) not in own:
+            kept.append(envelope)
+            continue
+        reply_to = envelope.reply_to
+        if reply_to is not None:
+            error = pykka.ActorDeadError("the actor stopped before handling the message")
+            reply_to.set_exception((pykka.ActorDeadError, error, None))
+    for envelope in kept:
+        inbox.put(envelope)
