@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from pykka_ws._actor import WebSocketActor
-from pykka_ws._aio import ask_async
+from pykka_ws._aio import ask_async, request
 from pykka_ws._endpoint import WsEndpoint
 from pykka_ws._errors import (
     EndpointRejected,
@@ -23,7 +23,10 @@ from pykka_ws._errors import (
     WsSendRefused,
 )
 from pykka_ws._messages import (
+    Frame,
+    RequestId,
     WsBackoff,
+    WsCancel,
     WsConfirmMode,
     WsConnected,
     WsDelegatedOk,
@@ -32,19 +35,28 @@ from pykka_ws._messages import (
     WsGetStats,
     WsInbound,
     WsLateResponse,
+    WsOutcome,
+    WsReconnect,
     WsRequestMatch,
+    WsRoute,
     WsSend,
     WsStats,
+    WsSubscribe,
+    WsUnroute,
+    WsUnsubscribe,
 )
 
 __all__ = [
     "EndpointRejected",
+    "Frame",
     "NotDelivered",
     "PayloadMismatch",
+    "RequestId",
     "TooManyPending",
     "Unconfirmed",
     "WebSocketActor",
     "WsBackoff",
+    "WsCancel",
     "WsConfirmMode",
     "WsConnected",
     "WsDelegatedError",
@@ -55,11 +67,18 @@ __all__ = [
     "WsGetStats",
     "WsInbound",
     "WsLateResponse",
+    "WsOutcome",
+    "WsReconnect",
     "WsRequestMatch",
+    "WsRoute",
     "WsSend",
     "WsSendRefused",
     "WsStats",
+    "WsSubscribe",
+    "WsUnroute",
+    "WsUnsubscribe",
     "ask_async",
+    "request",
 ]
 
 __version__ = "0.1.0"

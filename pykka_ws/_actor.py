@@ -30,16 +30,23 @@ import pykka
 from pykka_ws._connection import Closed, Inbound, Opened, OpenFailed
 from pykka_ws._core import NOT_A_REPLY, Core
 from pykka_ws._endpoint import WsEndpoint
-from pykka_ws._futures import Deferred, ReplyFuture, mark_owner_thread
+from pykka_ws._futures import Deferred, DropCounts, ReplyFuture, ReplyTo, mark_owner_thread
 from pykka_ws._lifecycle import OPEN, SLICE, ConnectionLife, Reconnect
 from pykka_ws._messages import (
+    WsCancel,
     WsDelegatedRequest,
     WsGetStats,
     WsInbound,
+    WsReconnect,
     WsRequestMatch,
+    WsRoute,
     WsSend,
     WsStats,
+    WsSubscribe,
+    WsUnroute,
+    WsUnsubscribe,
 )
+from pykka_ws._routing import Routing
 from pykka_ws._scheduler import SCHEDULER
 from pykka_ws._settings import check_settings
 from pykka_ws._subscribers import CreditCheck, Subscribers
@@ -74,7 +81,7 @@ class _Deliver:
     __slots__ = ()
 
 
-class WebSocketActor(ConnectionLife, pykka.ThreadingActor):
+class WebSocketActor(Routing, ConnectionLife, pykka.ThreadingActor):
     """A WebSocket connection as a pykka actor, with honest request outcomes.
 
     Start it with ``WebSocketActor.start(url, ...)``; every argument below is
@@ -205,6 +212,8 @@ class WebSocketActor(ConnectionLife, pykka.ThreadingActor):
         self._credit_timer: TimerHandle | None = None
         self._delivering = False
         self._frames_in = 0
+        self._subscriptions = {}
+        self._drops = DropCounts()
         self._bytes_in = 0
         self._hook_errors = 0
         self._internal_errors = 0
@@ -222,6 +231,12 @@ class WebSocketActor(ConnectionLife, pykka.ThreadingActor):
             Reconnect: self._on_reconnect,
             CreditCheck: self._on_credit_check,
             _Deliver: self._on_deliver,
+            WsCancel: self._on_cancel,
+            WsRoute: self._on_route,
+            WsUnroute: self._on_unroute,
+            WsSubscribe: self._on_subscribe,
+            WsUnsubscribe: self._on_unsubscribe,
+            WsReconnect: self._on_reconnect_asked,
         }
 
     # -- lifecycle ----------------------------------------------------------
@@ -270,10 +285,17 @@ class WebSocketActor(ConnectionLife, pykka.ThreadingActor):
 
     def _on_request(self, request: WsDelegatedRequest) -> Deferred:
         deferred = self._core.request(request)
+        if request.reply_to is not None:
+            deferred.add_waiter(
+                ReplyTo(request.reply_to, request.request_id, request.context, self._drops)
+            )
         self._schedule_expiry()
         if self._core.inflight is None:
             self._flush()
         return deferred
+
+    def _on_cancel(self, message: WsCancel) -> bool:
+        return self._core.cancel(message.request_id)
 
     def _on_send(self, message: WsSend) -> Deferred | None:
         refused = self._core.send(message.frame)
@@ -297,6 +319,8 @@ class WebSocketActor(ConnectionLife, pykka.ThreadingActor):
             sends_refused=core.sends_refused,
             stray_replies=core.stray_replies,
             inbound_dropped=self._subscribers.dropped,
+            reply_to_dropped=self._drops.reply_to_dropped,
+            subscriptions=len(self._subscriptions),
             hook_errors=self._hook_errors + self._subscribers.dead,
             last_error=self._last_error,
             attempts=self._generation,
@@ -352,7 +376,9 @@ class WebSocketActor(ConnectionLife, pykka.ThreadingActor):
                 return
         parsed = self._call_hook("parse", frame)
         if parsed is not None:
-            self._subscribers.publish(WsInbound(frame, parsed), frame=True)
+            subscribers = self._subscribers
+            key = self._call_hook("route", parsed) if subscribers.routes else None
+            subscribers.publish(WsInbound(frame, parsed), frame=True, key=key)
         self._credit(message)
 
     def _credit(self, message: Inbound) -> None:

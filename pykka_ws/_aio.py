@@ -15,13 +15,23 @@ message still in its inbox.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 if TYPE_CHECKING:
     from pykka import ActorRef
 
+    from pykka_ws._messages import (
+        WsCancel,
+        WsDelegatedOk,
+        WsDelegatedRequest,
+        WsGetStats,
+        WsReconnect,
+        WsSend,
+        WsStats,
+    )
 
-__all__ = ["ask_async"]
+
+__all__ = ["ask_async", "request"]
 
 
 def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
@@ -38,11 +48,24 @@ def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None
         future.set_exception(wrapped)
 
 
+@overload
+async def ask_async(ref: ActorRef[Any], message: WsDelegatedRequest) -> WsDelegatedOk: ...
+@overload
+async def ask_async(ref: ActorRef[Any], message: WsGetStats) -> WsStats: ...
+@overload
+async def ask_async(ref: ActorRef[Any], message: WsCancel | WsReconnect) -> bool: ...
+@overload
+async def ask_async(ref: ActorRef[Any], message: WsSend) -> None: ...
+@overload
+async def ask_async(ref: ActorRef[Any], message: object) -> Any: ...
+
+
 async def ask_async(ref: ActorRef[Any], message: object) -> Any:
     """Ask a `WebSocketActor` from a coroutine, without blocking the event loop.
 
     Works for every message the actor answers (`WsDelegatedRequest`,
-    `WsSend`, `WsGetStats`); the outcome is returned or raised exactly as
+    `WsSend`, `WsGetStats`, `WsCancel`, `WsReconnect`), typed by message;
+    the outcome is returned or raised exactly as
     ``ref.ask(message)`` would. It never hangs: a message still in the
     inbox when the actor stops raises `pykka.ActorDeadError`.
 
@@ -80,3 +103,26 @@ async def ask_async(ref: ActorRef[Any], message: object) -> Any:
 
     add_done_callback(done)
     return await future
+
+
+def request(
+    ref: ActorRef[Any], request: WsDelegatedRequest, *, timeout: float | None = None
+) -> WsDelegatedOk:
+    """Ask a `WebSocketActor` for a request's outcome and wait for it: the typed ``ask``.
+
+    Returns the `WsDelegatedOk`, or raises the outcome's `WsDelegatedError`
+    (`NotDelivered`, `Unconfirmed`, `EndpointRejected`, `PayloadMismatch`,
+    `TooManyPending`). pykka's ``ask`` is typed ``Any``; this is not.
+
+    Args:
+        ref: The actor.
+        request: The request; its own deadline bounds the wait.
+        timeout: Seconds to wait at most (pykka's ``ask`` timeout); None
+            waits for the outcome, which comes by the request's deadline.
+
+    Raises:
+        pykka.Timeout: If ``timeout`` passed first (the request goes on).
+        pykka.ActorDeadError: If the actor is not running.
+    """
+    ok: WsDelegatedOk = ref.ask(request, block=True, timeout=timeout)
+    return ok

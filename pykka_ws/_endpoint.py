@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Hashable, Iterable
 
     from pykka_ws._messages import Frame, WsRequestMatch
 
@@ -45,6 +45,15 @@ class WsEndpoint:
         Return None to drop the frame. The default passes the frame as is.
         """
         return frame
+
+    def route(self, message: Any) -> Hashable | None:  # noqa: ARG002
+        """Return the routing key of a parsed inbound message (a channel, a symbol).
+
+        A message whose key has routes (`WsRoute`, `WsSubscribe(route=...)`)
+        goes to those actors only; None (the default), or a key without
+        routes, sends it to every ``inbound`` subscriber.
+        """
+        return None
 
     def on_disconnect(self, cause: BaseException | None) -> bool:
         """Decide whether to reconnect after a connection is lost or refused.

@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeAlias
 
 import pykka
 
+from pykka_ws._messages import WsOutcome
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -43,8 +45,10 @@ if TYPE_CHECKING:
 __all__ = [
     "CallbackFuture",
     "Deferred",
+    "DropCounts",
     "LightFuture",
     "ReplyFuture",
+    "ReplyTo",
     "Waiter",
     "mark_owner_thread",
     "unmark_owner_thread",
@@ -376,3 +380,45 @@ def _error_of(exc_info: OptExcInfo) -> BaseException:
     except Exception as exc:  # noqa: BLE001 - a type that needs arguments
         return exc
     return RuntimeError("the future was failed without an exception")
+
+
+class ReplyTo:
+    """Tells a request's outcome to an actor as a `WsOutcome` (a `Deferred` waiter).
+
+    Runs on the owner's thread, when the request's `Deferred` resolves. A
+    dead actor is counted in ``counts.reply_to_dropped``, never an error.
+    """
+
+    # One per request with a reply_to: slots keep it small.
+    __slots__ = ("context", "counts", "ref", "request_id")
+
+    def __init__(
+        self, ref: pykka.ActorRef[Any], request_id: Any, context: Any, counts: DropCounts
+    ) -> None:
+        self.ref = ref
+        self.request_id = request_id
+        self.context = context
+        self.counts = counts
+
+    def set_now(self, value: Any) -> None:
+        """Tell the success."""
+        self._tell(WsOutcome(self.request_id, value, None, self.context))
+
+    def set_exception_now(self, exc_info: OptExcInfo) -> None:
+        """Tell the failure."""
+        self._tell(WsOutcome(self.request_id, None, exc_info[1], self.context))  # type: ignore[arg-type]
+
+    def _tell(self, outcome: WsOutcome) -> None:
+        try:
+            self.ref.tell(outcome)
+        except pykka.ActorDeadError:
+            self.counts.reply_to_dropped += 1
+
+
+class DropCounts:
+    """What `ReplyTo` could not tell."""
+
+    __slots__ = ("reply_to_dropped",)
+
+    def __init__(self) -> None:
+        self.reply_to_dropped = 0

@@ -21,7 +21,9 @@ import pykka
 
 from pykka_ws._connector import ConnectorSlot, run_connector
 from pykka_ws._endpoint import WsEndpoint
-from pykka_ws._messages import WsConnected, WsDisconnected, check_frame
+from pykka_ws._errors import NotDelivered
+from pykka_ws._futures import ReplyTo
+from pykka_ws._messages import WsConnected, WsDelegatedRequest, WsDisconnected, check_frame
 from pykka_ws._scheduler import SCHEDULER
 
 if TYPE_CHECKING:
@@ -29,7 +31,8 @@ if TYPE_CHECKING:
 
     from pykka_ws._connection import Closed, Connection, Opened, OpenFailed
     from pykka_ws._core import Core
-    from pykka_ws._messages import Frame
+    from pykka_ws._futures import DropCounts
+    from pykka_ws._messages import Frame, WsReconnect
     from pykka_ws._scheduler import TimerHandle
     from pykka_ws._settings import Settings
     from pykka_ws._subscribers import Subscribers
@@ -85,6 +88,7 @@ class ConnectionLife:
     _expiry_timer: TimerHandle | None
     _credit_timer: TimerHandle | None
     _hook_errors: int
+    _drops: DropCounts
 
     def _init_lifecycle(self) -> None:
         self._rng = random.Random()  # noqa: S311 - jitter, not cryptography
@@ -115,6 +119,9 @@ class ConnectionLife:
         raise NotImplementedError
 
     def _start_delivering(self) -> None:
+        raise NotImplementedError
+
+    def _replayed_frames(self) -> list[Frame]:
         raise NotImplementedError
 
     # -- connection ---------------------------------------------------------
@@ -153,7 +160,7 @@ class ConnectionLife:
             self._reconnects += 1
         # on_open() runs first: a subscriber reacting to WsConnected by
         # changing the endpoint's state cannot race this connection's frames.
-        preamble = self._on_open_frames()
+        preamble = self._on_open_frames() + self._replayed_frames()
         self._subscribers.publish(WsConnected(self._url, self._opened))
         self._core.opened(message.generation, preamble)
         if early_close is not None and early_close.generation == message.generation:
@@ -239,6 +246,26 @@ class ConnectionLife:
         if message.generation == self._generation and self._state == BACKOFF:
             self._connect()
 
+    def _on_reconnect_asked(self, message: WsReconnect) -> bool:
+        """`WsReconnect`: drop the open connection now, or end the backoff wait."""
+        if self._state == OPEN:
+            cause = ConnectionAbortedError(
+                f"reconnect asked (WsReconnect){': ' + message.reason if message.reason else ''}"
+            )
+            connection = self._connection
+            if connection is not None:
+                connection.drop()  # its events are stale from now on
+                connection.abort()
+            self._connection_lost(cause)
+            return True
+        if self._state == BACKOFF:
+            if self._reconnect_timer is not None:
+                self._reconnect_timer.cancel()
+                self._reconnect_timer = None
+            self._connect()
+            return True
+        return False
+
     def _reap_threads(self) -> None:
         """Forget finished threads of earlier connections."""
         self._old_connections = [
@@ -307,10 +334,15 @@ class ConnectionLife:
         answers the inbox's asks the same way pykka will, right away. Only
         this actor's own messages are answered; anything else (pykka's own
         stop messages) is put back for pykka, in order.
+
+        A request left in the inbox never reached the actor: its
+        ``reply_to`` is told `NotDelivered` (pykka would drop it silently,
+        and the actor waiting for its outcome would wait for ever).
         """
         core = self._core
         while core.deliver(SLICE):
-            refuse_inbox(self.actor_inbox, self._handlers)
+            refuse_inbox(self.actor_inbox, self._handlers, self._drops)
+        refuse_inbox(self.actor_inbox, self._handlers, self._drops)
 
 
 def describe(cause: BaseException | None) -> str | None:
@@ -328,11 +360,12 @@ def describe(cause: BaseException | None) -> str | None:
     return " <- ".join(parts)
 
 
-def refuse_inbox(inbox: Any, own: Mapping[type, object]) -> None:
+def refuse_inbox(inbox: Any, own: Mapping[type, object], drops: DropCounts) -> None:
     """Answer the asks waiting in a stopping actor's inbox as pykka's teardown would.
 
     Relies on pykka's envelopes having ``message`` and ``reply_to`` (pykka 4).
-    Messages of types not in ``own`` are put back, in order, for pykka.
+    Messages of types not in ``own`` are put back, in order, for pykka. A
+    `WsDelegatedRequest` with a ``reply_to`` has it told `NotDelivered`.
     """
     kept = []
     while True:
@@ -343,6 +376,17 @@ def refuse_inbox(inbox: Any, own: Mapping[type, object]) -> None:
         if type(envelope.message) not in own:
             kept.append(envelope)
             continue
+        message = envelope.message
+        if isinstance(message, WsDelegatedRequest) and message.reply_to is not None:
+            request_id = message.request_id
+            never = NotDelivered(
+                f"request {request_id!r}: the actor stopped before handling it",
+                request_id=request_id,
+            )
+            exc_info = (NotDelivered, never, None)
+            ReplyTo(message.reply_to, request_id, message.context, drops).set_exception_now(
+                exc_info
+            )
         reply_to = envelope.reply_to
         if reply_to is not None:
             error = pykka.ActorDeadError("the actor stopped before handling the message")

@@ -13,10 +13,15 @@ if TYPE_CHECKING:
     from collections.abc import Hashable, Mapping
     from random import Random
 
+    from pykka import ActorRef
+
+    from pykka_ws._errors import WsDelegatedError
+
 __all__ = [
     "Frame",
     "RequestId",
     "WsBackoff",
+    "WsCancel",
     "WsConfirmMode",
     "WsConnected",
     "WsDelegatedOk",
@@ -25,9 +30,15 @@ __all__ = [
     "WsGetStats",
     "WsInbound",
     "WsLateResponse",
+    "WsOutcome",
+    "WsReconnect",
     "WsRequestMatch",
+    "WsRoute",
     "WsSend",
     "WsStats",
+    "WsSubscribe",
+    "WsUnroute",
+    "WsUnsubscribe",
 ]
 
 Frame = str | bytes
@@ -116,6 +127,13 @@ class WsDelegatedRequest:
             `WsConfirmMode.SENT` succeeds once the frame is written.
         timeout: Seconds from construction to the deadline, finite and > 0;
             None takes the actor's ``default_timeout``.
+        reply_to: An actor told the outcome as a `WsOutcome`, besides (or
+            instead of) the ``ask`` caller: how an actor places requests
+            without blocking its own thread. Works with ``tell`` and
+            ``ask``; every joined request with a ``reply_to`` is told once.
+            A dead ``reply_to`` is dropped and counted
+            (`WsStats.reply_to_dropped`), never an error.
+        context: Anything, handed back untouched in `WsOutcome.context`.
 
     Raises:
         TypeError: If a value has the wrong type.
@@ -123,7 +141,16 @@ class WsDelegatedRequest:
     """
 
     # Requests are created at request rate; slots make that cheaper.
-    __slots__ = ("_fingerprint", "confirm_mode", "created_at", "frame", "request_id", "timeout")
+    __slots__ = (
+        "_fingerprint",
+        "confirm_mode",
+        "context",
+        "created_at",
+        "frame",
+        "reply_to",
+        "request_id",
+        "timeout",
+    )
 
     def __init__(
         self,
@@ -133,6 +160,8 @@ class WsDelegatedRequest:
         fingerprint: str | bytes | int | None = None,
         confirm_mode: WsConfirmMode = WsConfirmMode.CONFIRMED,
         timeout: float | None = None,
+        reply_to: ActorRef[Any] | None = None,
+        context: Any = None,
     ) -> None:
         self.created_at: float = time.monotonic()
         self.request_id: RequestId = check_request_id(request_id)
@@ -148,6 +177,11 @@ class WsDelegatedRequest:
             raise TypeError(msg)
         self.confirm_mode: WsConfirmMode = confirm_mode
         self.timeout: float | None = None if timeout is None else check_timeout(timeout)
+        if reply_to is not None and not callable(getattr(reply_to, "tell", None)):
+            msg = f"reply_to must be a pykka ActorRef, not {type(reply_to).__name__}"
+            raise TypeError(msg)
+        self.reply_to = reply_to
+        self.context = context
 
     @property
     def fingerprint(self) -> str | bytes | int:
@@ -174,6 +208,204 @@ class WsDelegatedRequest:
             f"frame={_short(self.frame)}, confirm_mode={self.confirm_mode.name}, "
             f"timeout={self.timeout!r})"
         )
+
+
+class WsOutcome:
+    """The outcome of a `WsDelegatedRequest`, told to its ``reply_to`` actor.
+
+    Exactly one of ``ok`` and ``error`` is set.
+
+    Attributes:
+        request_id: The request's id.
+        ok: The `WsDelegatedOk`, or None.
+        error: The `WsDelegatedError` (`NotDelivered`, `Unconfirmed`, ...),
+            or None.
+        context: The request's ``context``, untouched.
+    """
+
+    __slots__ = ("context", "error", "ok", "request_id")
+
+    def __init__(
+        self,
+        request_id: RequestId,
+        ok: WsDelegatedOk | None,
+        error: WsDelegatedError | None,
+        context: Any = None,
+    ) -> None:
+        if (ok is None) == (error is None):
+            msg = "exactly one of ok and error must be set"
+            raise ValueError(msg)
+        self.request_id = request_id
+        self.ok = ok
+        self.error = error
+        self.context = context
+
+    def result(self) -> WsDelegatedOk:
+        """Return ``ok``, or raise ``error``."""
+        if self.error is not None:
+            raise self.error
+        assert self.ok is not None  # noqa: S101 - exactly one is set
+        return self.ok
+
+    def __repr__(self) -> str:
+        what = f"ok={self.ok!r}" if self.error is None else f"error={self.error!r}"
+        return f"WsOutcome(request_id={self.request_id!r}, {what}, context={self.context!r})"
+
+
+class WsCancel:
+    """Withdraw a request whose frame has not started writing.
+
+    ``ask`` returns True if it had not started: it ends `NotDelivered` for
+    every waiter and its frame is never sent. False otherwise (its write
+    has started, it was written, it ended, or the id is unknown).
+
+    Raises:
+        TypeError: If ``request_id`` is not an int or str.
+        ValueError: If it is an empty str.
+    """
+
+    __slots__ = ("request_id",)
+
+    def __init__(self, request_id: RequestId) -> None:
+        self.request_id: RequestId = check_request_id(request_id)
+
+    def __repr__(self) -> str:
+        return f"WsCancel({self.request_id!r})"
+
+
+class WsReconnect:
+    """Drop the current connection now and reconnect.
+
+    For application-level health decisions (a server that answers pings but
+    stopped answering requests). As after a lost connection: written
+    `WsConfirmMode.CONFIRMED` requests end `Unconfirmed`, unwritten ones
+    wait for the next connection; the reconnect follows the backoff.
+    ``ask`` returns True if a connection was dropped or a reconnect was
+    brought forward, False if the actor is already connecting or will not
+    reconnect. ``reason`` appears in `WsStats.last_error`.
+    """
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str = "") -> None:
+        if not isinstance(reason, str):
+            msg = f"reason must be a str, not {type(reason).__name__}"
+            raise TypeError(msg)
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"WsReconnect({self.reason!r})"
+
+
+class WsRoute:
+    """Send inbound messages routed to ``key`` to ``ref`` (besides any others).
+
+    `WsEndpoint.route` gives a parsed message's key (a channel, a symbol).
+    A message whose key has routes goes to those actors only, with no router
+    actor in between; a message with no key, or a key without routes, goes
+    to every ``inbound`` subscriber. Events (`WsConnected`, ...) always go
+    to the ``inbound`` subscribers. ``ask`` returns None.
+    """
+
+    __slots__ = ("key", "ref")
+
+    def __init__(self, key: Hashable, ref: ActorRef[Any]) -> None:
+        hash(key)  # raises TypeError for an unhashable key, here
+        if not callable(getattr(ref, "tell", None)):
+            msg = f"ref must be a pykka ActorRef, not {type(ref).__name__}"
+            raise TypeError(msg)
+        self.key = key
+        self.ref = ref
+
+    def __repr__(self) -> str:
+        return f"WsRoute({self.key!r}, {self.ref!r})"
+
+
+class WsUnroute:
+    """Stop routing ``key`` to ``ref`` (None: to every actor). ``ask`` returns None."""
+
+    __slots__ = ("key", "ref")
+
+    def __init__(self, key: Hashable, ref: ActorRef[Any] | None = None) -> None:
+        hash(key)
+        self.key = key
+        self.ref = ref
+
+    def __repr__(self) -> str:
+        return f"WsUnroute({self.key!r}, {self.ref!r})"
+
+
+class WsSubscribe:
+    """Add a runtime subscription: sent as a request now, replayed on every reconnect.
+
+    The subscription joins the actor's current set at once; its frame is
+    sent as a `WsConfirmMode.CONFIRMED` request (``ask`` returns or raises
+    its outcome, like a `WsDelegatedRequest`), and after every reconnect
+    it is sent again, right after `WsEndpoint.on_open`'s frames. A
+    subscription the endpoint rejects (`EndpointRejected`) leaves the set.
+    With ``route``, inbound messages whose `WsEndpoint.route` key is
+    ``key`` go to that actor (`WsRoute`).
+
+    Args:
+        key: What names the subscription (and its route), hashable.
+        frame: The subscribe frame.
+        request_id: The id the endpoint's reply will carry.
+        route: An actor to route the key's messages to, or None.
+        timeout: Seconds for the confirmation, None for the default.
+    """
+
+    __slots__ = ("key", "request", "route")
+
+    def __init__(
+        self,
+        key: Hashable,
+        frame: Frame,
+        *,
+        request_id: RequestId,
+        route: ActorRef[Any] | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        hash(key)
+        if route is not None and not callable(getattr(route, "tell", None)):
+            msg = f"route must be a pykka ActorRef, not {type(route).__name__}"
+            raise TypeError(msg)
+        self.key = key
+        self.route = route
+        self.request = WsDelegatedRequest(request_id, frame, timeout=timeout)
+
+    def __repr__(self) -> str:
+        return f"WsSubscribe({self.key!r}, {_short(self.request.frame)})"
+
+
+class WsUnsubscribe:
+    """Remove a runtime subscription (and its routes); optionally send a frame.
+
+    With ``frame`` (and ``request_id``), it is sent as a confirmed request
+    and ``ask`` returns or raises its outcome; without, ``ask`` returns
+    None. Either way the subscription is no longer replayed.
+    """
+
+    __slots__ = ("key", "request")
+
+    def __init__(
+        self,
+        key: Hashable,
+        frame: Frame | None = None,
+        *,
+        request_id: RequestId | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        hash(key)
+        self.key = key
+        self.request: WsDelegatedRequest | None = None
+        if frame is not None:
+            if request_id is None:
+                msg = "request_id is needed to send an unsubscribe frame"
+                raise TypeError(msg)
+            self.request = WsDelegatedRequest(request_id, frame, timeout=timeout)
+
+    def __repr__(self) -> str:
+        return f"WsUnsubscribe({self.key!r})"
 
 
 class WsSend:
@@ -343,6 +575,10 @@ class WsStats:
             to the subscribers as `WsLateResponse` and confirmed nothing.
         inbound_dropped: Frames not told to a full subscriber, with
             ``subscriber_overflow="drop"``.
+        reply_to_dropped: `WsOutcome` messages not told because the
+            request's ``reply_to`` actor was dead.
+        subscriptions: Runtime subscriptions in the current set
+            (`WsSubscribe`), replayed on every reconnect.
         hook_errors: Exceptions raised by (or garbage returned from)
             `WsEndpoint` hooks, and subscriber failures.
         last_error: A readable description of the last connection error, or
@@ -366,6 +602,8 @@ class WsStats:
     sends_refused: int = 0
     stray_replies: int = 0
     inbound_dropped: int = 0
+    reply_to_dropped: int = 0
+    subscriptions: int = 0
     hook_errors: int = 0
     last_error: str | None = None
     attempts: int = 0

@@ -21,6 +21,8 @@ import pykka
 from pykka_ws._scheduler import SCHEDULER
 
 if TYPE_CHECKING:
+    from collections.abc import Hashable
+
     from pykka_ws._connection import Sink
     from pykka_ws._scheduler import TimerHandle
 
@@ -48,12 +50,25 @@ class Subscribers:
         overflow: ``"block"`` (pause reading) or ``"drop"``.
     """
 
-    __slots__ = ("dead", "dropped", "limit", "owed", "owed_sink", "owner", "refs", "throttle")
+    __slots__ = (
+        "dead",
+        "dropped",
+        "limit",
+        "owed",
+        "owed_sink",
+        "owner",
+        "refs",
+        "routes",
+        "throttle",
+        "watched",
+    )
 
     def __init__(
         self, refs: list[pykka.ActorRef[Any]], owner: pykka.ActorRef[Any], limit: int, overflow: str
     ) -> None:
         self.refs = refs
+        self.routes: dict[Hashable, list[pykka.ActorRef[Any]]] = {}
+        self.watched = list(refs)  # every subscriber, routed or not, once
         self.owner = owner
         self.limit = limit
         self.throttle = overflow == "block"
@@ -62,10 +77,18 @@ class Subscribers:
         self.dropped = 0  # frames not told to a full subscriber ("drop")
         self.dead = 0  # subscribers found dead and dropped
 
-    def publish(self, message: object, *, frame: bool = False) -> None:
-        """Tell every subscriber ``message``; a ``frame`` may be dropped for a full one."""
+    def publish(self, message: object, *, frame: bool = False, key: Hashable = None) -> None:
+        """Tell ``message`` to the subscribers of ``key`` if it has routes, else to all.
+
+        A ``frame`` may be dropped for a full subscriber (``overflow="drop"``).
+        """
+        targets = self.refs
+        if key is not None:
+            routed = self.routes.get(key)
+            if routed:
+                targets = routed
         drop = frame and not self.throttle
-        for ref in list(self.refs):
+        for ref in list(targets):
             if drop and inbox_size(ref) >= self.limit:
                 self.dropped += 1
                 continue
@@ -73,8 +96,35 @@ class Subscribers:
                 ref.tell(message)
             except pykka.ActorDeadError:
                 logger.warning("pykka-ws: inbound subscriber %s is dead; dropping it", ref)
-                self.refs.remove(ref)
+                targets.remove(ref)
                 self.dead += 1
+                self._rewatch()
+
+    def add_route(self, key: Hashable, ref: pykka.ActorRef[Any]) -> None:
+        """Route ``key``'s messages to ``ref`` too."""
+        routed = self.routes.setdefault(key, [])
+        if ref not in routed:
+            routed.append(ref)
+            self._rewatch()
+
+    def remove_route(self, key: Hashable, ref: pykka.ActorRef[Any] | None) -> None:
+        """Stop routing ``key`` to ``ref`` (None: to anyone)."""
+        routed = self.routes.get(key)
+        if routed is None:
+            return
+        if ref is None:
+            routed.clear()
+        elif ref in routed:
+            routed.remove(ref)
+        if not routed:
+            del self.routes[key]
+        self._rewatch()
+
+    def _rewatch(self) -> None:
+        watched = list(self.refs)
+        for routed in self.routes.values():
+            watched.extend(r for r in routed if r not in watched)
+        self.watched = watched
 
     def credit(self, sink: Sink) -> TimerHandle | None:
         """Give ``sink``'s receiving thread room for one more frame, unless one is full.
@@ -105,7 +155,7 @@ class Subscribers:
     def full(self) -> bool:
         """Whether a subscriber's inbox holds ``limit`` messages or more."""
         limit = self.limit
-        return any(inbox_size(ref) >= limit for ref in self.refs)
+        return any(inbox_size(ref) >= limit for ref in self.watched)
 
     def release(self) -> None:
         """Return every credit held back (the connection is gone, or there is room)."""
