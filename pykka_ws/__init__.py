@@ -20,6 +20,7 @@ from pykka_ws._errors import (
     TooManyPending,
     Unconfirmed,
     WsDelegatedError,
+    WsOpenFailed,
     WsSendRefused,
 )
 from pykka_ws._messages import (
@@ -33,6 +34,7 @@ from pykka_ws._messages import (
     WsDelegatedRequest,
     WsDisconnected,
     WsGetStats,
+    WsHeartbeat,
     WsInbound,
     WsLateResponse,
     WsOutcome,
@@ -65,8 +67,10 @@ __all__ = [
     "WsDisconnected",
     "WsEndpoint",
     "WsGetStats",
+    "WsHeartbeat",
     "WsInbound",
     "WsLateResponse",
+    "WsOpenFailed",
     "WsOutcome",
     "WsReconnect",
     "WsRequestMatch",

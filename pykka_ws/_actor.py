@@ -23,15 +23,17 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from typing import TYPE_CHECKING, Any
 
 import pykka
 
-from pykka_ws._connection import Closed, Inbound, Opened, OpenFailed
+from pykka_ws._connection import Closed, Inbound, Opened, OpenFailed, Pong
 from pykka_ws._core import NOT_A_REPLY, Core
 from pykka_ws._endpoint import WsEndpoint
 from pykka_ws._futures import Deferred, DropCounts, ReplyFuture, ReplyTo, mark_owner_thread
-from pykka_ws._lifecycle import OPEN, SLICE, ConnectionLife, Reconnect
+from pykka_ws._health import Health, HeartbeatDone, HeartbeatTick, StaleCheck
+from pykka_ws._lifecycle import OPEN, SLICE, ConnectionLife, GateDone, Reconnect
 from pykka_ws._messages import (
     WsCancel,
     WsDelegatedRequest,
@@ -55,10 +57,10 @@ from pykka_ws._writer import WsWriter
 
 if TYPE_CHECKING:
     import ssl as ssl_module
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Iterable, Mapping, Sequence
 
     from pykka_ws._core import Batch
-    from pykka_ws._messages import Frame, WsBackoff
+    from pykka_ws._messages import Frame, WsBackoff, WsHeartbeat
     from pykka_ws._scheduler import TimerHandle
 
 __all__ = ["WebSocketActor"]
@@ -81,7 +83,7 @@ class _Deliver:
     __slots__ = ()
 
 
-class WebSocketActor(Routing, ConnectionLife, pykka.ThreadingActor):
+class WebSocketActor(Routing, Health, ConnectionLife, pykka.ThreadingActor):
     """A WebSocket connection as a pykka actor, with honest request outcomes.
 
     Start it with ``WebSocketActor.start(url, ...)``; every argument below is
@@ -96,7 +98,9 @@ class WebSocketActor(Routing, ConnectionLife, pykka.ThreadingActor):
     - `WsGetStats`: ``ask`` returns a `WsStats` snapshot.
 
     Args:
-        url: ``ws://`` or ``wss://`` URL.
+        url: ``ws://`` or ``wss://`` URL, or a sequence of them for
+            failover: each new attempt after a failure takes the next
+            (`WsConnected.url` says which one opened).
         endpoint: The `WsEndpoint` with the API's hooks; default: no
             matching, every frame passed on as is.
         inbound: An `ActorRef`, or several, told `WsInbound`, `WsConnected`,
@@ -109,7 +113,10 @@ class WebSocketActor(Routing, ConnectionLife, pykka.ThreadingActor):
             `NotDelivered`.
         max_batch: Most frames handed to the writer at once.
         backoff: Reconnect delays (`WsBackoff`).
-        open_timeout: Seconds for TCP, TLS and WebSocket handshakes.
+        open_timeout: Seconds for the whole attempt: TCP connect, TLS and
+            WebSocket handshakes share one deadline. (A DNS lookup cannot be
+            interrupted: ``stop()`` still returns at once, and the connector
+            thread ends by itself when the lookup returns.)
         write_timeout: Seconds one ``send()`` may block on a peer that does
             not read before the connection is failed and replaced; None for
             no limit (not advised). This bounds the whole write, so a frame
@@ -148,6 +155,11 @@ class WebSocketActor(Routing, ConnectionLife, pykka.ThreadingActor):
         recent_ids: How many ended request ids are remembered to recognise
             late replies (`WsLateResponse`) for ``recent_ids_age`` seconds.
         recent_ids_age: See ``recent_ids``.
+        heartbeat: An application-level heartbeat (`WsHeartbeat`): a
+            confirmed request every ``interval`` seconds; one that does not
+            end confirmed fails the connection. None (default): none.
+        stale_after: Seconds without any inbound frame after which the
+            connection is failed and replaced; None (default): never.
     """
 
     @staticmethod
@@ -156,7 +168,7 @@ class WebSocketActor(Routing, ConnectionLife, pykka.ThreadingActor):
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         endpoint: WsEndpoint | None = None,
         inbound: pykka.ActorRef[Any] | Iterable[pykka.ActorRef[Any]] | None = None,
@@ -182,6 +194,8 @@ class WebSocketActor(Routing, ConnectionLife, pykka.ThreadingActor):
         subprotocols: Iterable[str] | None = None,
         recent_ids: int = 4096,
         recent_ids_age: float = 60.0,
+        heartbeat: WsHeartbeat | None = None,
+        stale_after: float | None = None,
     ) -> None:
         # Every argument, by name, checked in the caller's thread (first
         # statement: no other local exists yet).
@@ -208,6 +222,7 @@ class WebSocketActor(Routing, ConnectionLife, pykka.ThreadingActor):
         self._rng = random.Random()  # noqa: S311 - jitter, not cryptography
 
         self._init_lifecycle()
+        self._init_health()
         self._expiry_timer: TimerHandle | None = None
         self._credit_timer: TimerHandle | None = None
         self._delivering = False
@@ -232,6 +247,11 @@ class WebSocketActor(Routing, ConnectionLife, pykka.ThreadingActor):
             CreditCheck: self._on_credit_check,
             _Deliver: self._on_deliver,
             WsCancel: self._on_cancel,
+            GateDone: self._on_gate_done,
+            HeartbeatTick: self._on_heartbeat_tick,
+            HeartbeatDone: self._on_heartbeat_done,
+            StaleCheck: self._on_stale_check,
+            Pong: self._on_pong,
             WsRoute: self._on_route,
             WsUnroute: self._on_unroute,
             WsSubscribe: self._on_subscribe,
@@ -305,6 +325,7 @@ class WebSocketActor(Routing, ConnectionLife, pykka.ThreadingActor):
 
     def _on_get_stats(self, _message: WsGetStats) -> WsStats:
         core = self._core
+        rtt_p50, rtt_p99 = self._rtt_percentiles()
         return WsStats(
             state=self._state,
             connected_since=self._connected_since,
@@ -321,6 +342,9 @@ class WebSocketActor(Routing, ConnectionLife, pykka.ThreadingActor):
             inbound_dropped=self._subscribers.dropped,
             reply_to_dropped=self._drops.reply_to_dropped,
             subscriptions=len(self._subscriptions),
+            rtt_p50=rtt_p50,
+            rtt_p99=rtt_p99,
+            url=self._url,
             hook_errors=self._hook_errors + self._subscribers.dead,
             last_error=self._last_error,
             attempts=self._generation,
@@ -365,6 +389,8 @@ class WebSocketActor(Routing, ConnectionLife, pykka.ThreadingActor):
 
     def _on_inbound(self, message: Inbound) -> None:
         frame = message.frame
+        if self._watch_stale:
+            self._last_inbound = time.monotonic()
         self._frames_in += 1
         self._bytes_in += message.size
         match = self._call_hook("match_response", frame)

@@ -43,6 +43,7 @@ __all__ = [
     "Inbound",
     "OpenFailed",
     "Opened",
+    "Pong",
     "RedactingLogger",
     "Sink",
 ]
@@ -74,6 +75,16 @@ class Closed:
     def __init__(self, generation: int, cause: BaseException | None) -> None:
         self.generation = generation
         self.cause = cause
+
+
+class Pong:
+    """A keepalive ping of ``generation`` was answered after ``latency`` seconds."""
+
+    __slots__ = ("generation", "latency")
+
+    def __init__(self, generation: int, latency: float) -> None:
+        self.generation = generation
+        self.latency = latency
 
 
 class Opened:
@@ -210,7 +221,11 @@ class Connection(ClientConnection):
                 self._fragments = []
                 self._deliver(data, text=self._fragments_text)
         elif opcode is Opcode.PONG:
+            latency = self.latency
             self.acknowledge_pings(data)
+            if self.latency != latency:  # a keepalive round trip: a sample
+                sink = self._sink
+                sink.tell(Pong(sink.generation, self.latency), wait=False)
 
     def _deliver(self, data: bytes, *, text: bool) -> None:
         frame: str | bytes
@@ -303,6 +318,14 @@ class RedactingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
     def __init__(self, logger: logging.Logger, secret_headers: Iterable[str]) -> None:
         super().__init__(logger, {})
         self.secret_headers = frozenset(h.lower() for h in secret_headers) | _ALWAYS_SECRET
+        # Payloads of the current on_open frames (auth): never logged. A
+        # new set replaces the old one at each connection (owner thread);
+        # websockets' threads only read it.
+        self.secret_frames: frozenset[bytes] = frozenset()
+
+    def hide(self, frames: Iterable[str | bytes]) -> None:
+        """Never log these frames' payloads (the ``on_open`` frames of a connection)."""
+        self.secret_frames = frozenset(f.encode() if isinstance(f, str) else f for f in frames)
 
     def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
         """Log, redacting ``"> name: value"`` lines of secret headers.
@@ -315,9 +338,16 @@ class RedactingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
             name = str(args[0])
             if name.lower() in self.secret_headers:
                 args = (name, "<redacted>")
+        elif self.secret_frames and args and any(self._secret(arg) for arg in args):
+            # websockets logs each frame ("> %s", frame) at DEBUG.
+            args = tuple("<an on_open frame, not logged>" if self._secret(a) else a for a in args)
         elif msg == "keepalive ping failed" and isinstance(sys.exc_info()[1], ConnectionClosed):
             level = logging.DEBUG
         super().log(level, msg, *args, **kwargs)
+
+    def _secret(self, arg: object) -> bool:
+        data = getattr(arg, "data", None)
+        return isinstance(data, bytes | bytearray) and bytes(data) in self.secret_frames
 
 
 _ALWAYS_SECRET = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})

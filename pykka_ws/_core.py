@@ -132,6 +132,7 @@ class Core(Ledger):
         self.max_batch = max_batch
         self.default_timeout = default_timeout
         self.inflight: Batch | None = None
+        self.gates: set[RequestId] = set()  # on_open requests not yet confirmed
         self.generation = 0  # of the open connection, or of the last one
         self.open = False
         self.closed: str | None = None  # why it will not reconnect, once it will not
@@ -270,7 +271,10 @@ class Core(Ledger):
         items: list[Item] = []
         claims: list[Claim] = []
         generation = self.generation
+        gates = self.gates
         while queue and len(items) < self.max_batch:
+            if gates and not self._is_preamble(queue[0]):
+                break  # the gate is closed: on_open requests first
             item = queue.popleft()
             if isinstance(item, Entry):
                 if table_get(item.request_id) is not item:
@@ -284,6 +288,11 @@ class Core(Ledger):
             return None
         self.inflight = batch = Batch(generation, claims, items)
         return batch
+
+    def _is_preamble(self, item: Item) -> bool:
+        if isinstance(item, SendItem):
+            return item.preamble
+        return item.request_id in self.gates or self.table.get(item.request_id) is not item
 
     def batch_written(
         self, batch: Batch, frames_out: int, bytes_out: int, error: BaseException | None
@@ -395,17 +404,48 @@ class Core(Ledger):
 
     # -- the connection -----------------------------------------------------
 
-    def opened(self, generation: int, preamble: list[Frame]) -> None:
-        """The connection of ``generation`` opened; ``preamble`` goes first."""
+    def opened(
+        self, generation: int, preamble: list[Frame | WsDelegatedRequest]
+    ) -> list[tuple[WsDelegatedRequest, Deferred]]:
+        """The connection of ``generation`` opened; ``preamble`` goes first, in order.
+
+        Plain frames are just sent. Requests *gate* the connection: nothing
+        queued after them is written until each has ended confirmed (the
+        caller watches the returned deferreds, calls `ungate` for each
+        confirmed one, and fails the connection for any other outcome).
+        """
         self.generation = generation
         self.open = True
-        if preamble:
-            self.queue.extendleft(reversed([SendItem(f, preamble=True) for f in preamble]))
-            self.queued += len(preamble)
+        items: list[Item] = []
+        gates: list[tuple[WsDelegatedRequest, Deferred]] = []
+        for part in preamble:
+            if isinstance(part, str | bytes):
+                items.append(SendItem(part, preamble=True))
+                continue
+            before = len(self.queue)
+            deferred = self.request(part)
+            gates.append((part, deferred))
+            if len(self.queue) > before:  # inserted: it was appended; it goes first
+                items.append(self.queue.pop())
+                self.queued -= 1
+                self.gates.add(part.request_id)
+        if items:
+            self.queue.extendleft(reversed(items))
+            self.queued += len(items)
+        return gates
+
+    def ungate(self, request_id: RequestId) -> bool:
+        """An ``on_open`` request ended confirmed; return True if the gate is now open."""
+        gates = self.gates
+        if request_id not in gates:
+            return False
+        gates.discard(request_id)
+        return not gates
 
     def connection_lost(self) -> None:
         """The open connection is gone: requeue, end what cannot be answered."""
         self.open = False
+        gates, self.gates = self.gates, set()
         # Handed to the writer but not started: back to the front, in order.
         inflight = self.inflight
         if inflight is not None:
@@ -431,11 +471,17 @@ class Core(Ledger):
                     requeue.append(item)
             self.queue.extendleft(reversed(requeue))
             self.queued += len(requeue)
-        # The dead connection's on_open frames: the next one sends its own.
+        # The dead connection's on_open frames and requests: the next one
+        # sends its own.
         if any(isinstance(item, SendItem) and item.preamble for item in self.queue):
             kept = [i for i in self.queue if not (isinstance(i, SendItem) and i.preamble)]
             self.queued -= len(self.queue) - len(kept)
             self.queue = deque(kept)
+        for request_id in gates:
+            entry = self.table.get(request_id)
+            if entry is not None and not entry.written and entry.claim is None:
+                self.table.remove(entry)
+                self._end_not_delivered(entry, "its connection was lost before it was written")
         # Written and waiting for a reply on this connection: none can come.
         generation = self.generation
         lost = [e for e in self.table if e.written and e.generation == generation]

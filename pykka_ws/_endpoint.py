@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import Hashable, Iterable
 
-    from pykka_ws._messages import Frame, WsRequestMatch
+    from pykka_ws._messages import Frame, WsDelegatedRequest, WsRequestMatch
 
 __all__ = ["WsEndpoint"]
 
@@ -22,11 +22,17 @@ class WsEndpoint:
     it had returned its default.
     """
 
-    def on_open(self) -> Iterable[Frame]:
-        """Return the frames to send first on every (re)connection.
+    def on_open(self) -> Iterable[Frame | WsDelegatedRequest]:
+        """Return what to send first on every (re)connection.
 
         Authentication, then subscriptions: this is how state is recovered
-        after a reconnect. They are sent before any queued traffic.
+        after a reconnect. They are sent before any queued traffic, in
+        order. A plain frame is just sent. A `WsDelegatedRequest` *gates*
+        the connection: queued traffic is released only once each such
+        request has ended confirmed; one that is rejected or unconfirmed
+        closes the connection (`WsOpenFailed`; a rejection stops
+        reconnecting by default, see `on_disconnect`). Frames of this hook
+        never appear in any log record, at any level.
         """
         return ()
 
@@ -64,9 +70,9 @@ class WsEndpoint:
         Returns:
             True to reconnect (after the backoff delay), False to stay
             disconnected; requests then end by their deadlines. The default
-            stops on handshake refusals that retrying will not fix (HTTP 401
-            and 403, an invalid URI, a certificate failure) and reconnects
-            otherwise.
+            stops on refusals that retrying will not fix (HTTP 401 and 403,
+            an invalid URI, a certificate failure, an ``on_open`` request
+            the endpoint rejected: `WsOpenFailed`) and reconnects otherwise.
         """
         return not is_permanent_failure(cause)
 
@@ -77,6 +83,8 @@ def is_permanent_failure(cause: BaseException | None) -> bool:
 
     from websockets.exceptions import InvalidStatus, InvalidURI  # noqa: PLC0415
 
+    from pykka_ws._errors import WsOpenFailed  # noqa: PLC0415
+
     seen: set[int] = set()
     exc = cause
     while exc is not None and id(exc) not in seen:
@@ -84,6 +92,8 @@ def is_permanent_failure(cause: BaseException | None) -> bool:
         if isinstance(exc, InvalidStatus) and exc.response.status_code in {401, 403}:
             return True
         if isinstance(exc, InvalidURI | ssl.SSLCertVerificationError):
+            return True
+        if isinstance(exc, WsOpenFailed) and exc.rejected:
             return True
         exc = exc.__cause__ or exc.__context__
     return False

@@ -11,6 +11,7 @@ __all__ = [
     "TooManyPending",
     "Unconfirmed",
     "WsDelegatedError",
+    "WsOpenFailed",
     "WsSendRefused",
 ]
 
@@ -121,6 +122,32 @@ class WsSendRefused(Exception):
     def __init__(self, message: str, *, capacity: int) -> None:
         super().__init__(message)
         self.capacity = capacity
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
+
+
+class WsOpenFailed(ConnectionError):
+    """A request of `WsEndpoint.on_open` (auth, a subscription) did not end confirmed.
+
+    It is the cause of the `WsDisconnected` that follows: the connection is
+    closed. By default a rejection stops reconnecting (a refused login will
+    not get better by retrying; `WsStats.last_error` names the request and
+    the endpoint's reason) and anything else reconnects with backoff;
+    `WsEndpoint.on_disconnect` decides, as always.
+
+    Attributes:
+        request_id: The on_open request's id.
+        outcome: Its outcome (`EndpointRejected`, `Unconfirmed`, ...).
+        rejected: True if the endpoint refused it.
+    """
+
+    def __init__(self, request_id: RequestId, outcome: BaseException) -> None:
+        self.request_id = request_id
+        self.outcome = outcome
+        self.rejected = isinstance(outcome, EndpointRejected)
+        what = "rejected" if self.rejected else "not confirmed"
+        super().__init__(f"on_open request {request_id!r} {what}: {outcome}")
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (type(self), self.args, dict(self.__dict__)))

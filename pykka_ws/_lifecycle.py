@@ -10,6 +10,7 @@ only tells it that a connection opened, was lost, or will not come back.
 
 from __future__ import annotations
 
+import email.utils
 import logging
 import queue
 import random
@@ -18,16 +19,19 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import pykka
+from websockets.exceptions import InvalidStatus
 
 from pykka_ws._connector import ConnectorSlot, run_connector
 from pykka_ws._endpoint import WsEndpoint
-from pykka_ws._errors import NotDelivered
+from pykka_ws._errors import NotDelivered, WsOpenFailed
 from pykka_ws._futures import ReplyTo
 from pykka_ws._messages import WsConnected, WsDelegatedRequest, WsDisconnected, check_frame
 from pykka_ws._scheduler import SCHEDULER
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
+
+    from pykka._types import OptExcInfo
 
     from pykka_ws._connection import Closed, Connection, Opened, OpenFailed
     from pykka_ws._core import Core
@@ -46,7 +50,9 @@ __all__ = [
     "SLICE",
     "STOPPED",
     "ConnectionLife",
+    "GateDone",
     "Reconnect",
+    "retry_after",
 ]
 
 logger = logging.getLogger("pykka_ws")
@@ -106,23 +112,17 @@ class ConnectionLife:
         self._connected_since: float | None = None
         self._reconnect_timer: TimerHandle | None = None
         self._last_error: str | None = None
+        self._url_index = 0
 
-    # Provided by WebSocketActor.
-
-    def _call_hook(self, name: str, *args: Any) -> Any:
-        raise NotImplementedError
-
-    def _hook_garbage(self, name: str, value: object) -> None:
-        raise NotImplementedError
-
-    def _flush(self) -> None:
-        raise NotImplementedError
-
-    def _start_delivering(self) -> None:
-        raise NotImplementedError
-
-    def _replayed_frames(self) -> list[Frame]:
-        raise NotImplementedError
+    # Provided by WebSocketActor, Routing and Health (declared, not defined:
+    # a stub here could come first in WebSocketActor's method order).
+    _call_hook: Callable[..., Any]
+    _hook_garbage: Callable[[str, object], None]
+    _flush: Callable[[], None]
+    _schedule_expiry: Callable[[], None]
+    _start_delivering: Callable[[], None]
+    _replayed_frames: Callable[[], list[Frame]]
+    _start_watching: Callable[[int], None]
 
     # -- connection ---------------------------------------------------------
 
@@ -131,15 +131,20 @@ class ConnectionLife:
         self._state = CONNECTING
         self._reap_threads()
         settings = self._settings
+        url, uri = settings.urls[self._url_index]
+        self._url = url
+        connect_kwargs = settings.connect_kwargs
+        if uri.secure:
+            connect_kwargs = {**connect_kwargs, **settings.tls_kwargs}
         self._slot = slot = ConnectorSlot()
         self._connector = threading.Thread(
             target=run_connector,
-            args=(self.actor_ref, self._generation, settings.url, settings.uri, slot),
+            args=(self.actor_ref, self._generation, url, uri, slot),
             kwargs={
                 "open_timeout": settings.open_timeout,
                 "write_timeout": settings.write_timeout,
                 "max_queue": settings.max_queue,
-                "connect_kwargs": settings.connect_kwargs,
+                "connect_kwargs": connect_kwargs,
             },
             name=f"pykka-ws-connect-{self._generation}",
             daemon=True,
@@ -160,24 +165,55 @@ class ConnectionLife:
             self._reconnects += 1
         # on_open() runs first: a subscriber reacting to WsConnected by
         # changing the endpoint's state cannot race this connection's frames.
-        preamble = self._on_open_frames() + self._replayed_frames()
-        self._subscribers.publish(WsConnected(self._url, self._opened))
-        self._core.opened(message.generation, preamble)
+        preamble = self._on_open_frames()
+        self._settings.connect_kwargs["logger"].hide(
+            part if isinstance(part, str | bytes) else part.frame for part in preamble
+        )
+        replayed: list[Frame | WsDelegatedRequest] = list(self._replayed_frames())
+        subprotocol = message.connection.subprotocol
+        self._subscribers.publish(WsConnected(self._url, self._opened, subprotocol))
+        generation = message.generation
+        for request, deferred in self._core.opened(generation, preamble + replayed):
+            deferred.add_waiter(_GateWaiter(self.actor_ref, generation, request.request_id))
+        self._schedule_expiry()  # the on_open requests' deadlines
+        self._start_watching(generation)
         if early_close is not None and early_close.generation == message.generation:
             self._connection_lost(early_close.cause)  # it closed before we knew it opened
             return
         self._flush()
 
-    def _on_open_frames(self) -> list[Frame]:
-        frames = self._call_hook("on_open")
+    def _on_open_frames(self) -> list[Frame | WsDelegatedRequest]:
+        parts = self._call_hook("on_open")
         try:
-            return [check_frame(f, "on_open() frame") for f in frames]
+            return [
+                p if isinstance(p, WsDelegatedRequest) else check_frame(p, "on_open() frame")
+                for p in parts
+            ]
         except TypeError:
-            self._hook_garbage("on_open", frames)
+            # Not the value itself: on_open frames (auth) are never logged.
+            self._hook_garbage("on_open", f"<{type(parts).__name__}: not frames or requests>")
         except Exception:
             self._hook_errors += 1
             logger.exception("pykka-ws: endpoint hook on_open() raised")
         return []
+
+    def _on_gate_done(self, message: GateDone) -> None:
+        """An ``on_open`` request ended: open the gate, or fail the connection."""
+        if message.generation != self._generation or self._state != OPEN:
+            return
+        if message.error is None:
+            if self._core.ungate(message.request_id):
+                self._flush()
+            return
+        self._drop_connection(WsOpenFailed(message.request_id, message.error))
+
+    def _drop_connection(self, cause: BaseException) -> None:
+        """Fail the open connection now (a health decision); it is replaced as usual."""
+        connection = self._connection
+        if connection is not None:
+            connection.drop()  # its events are stale from now on
+            connection.abort()
+        self._connection_lost(cause)
 
     def _on_open_failed(self, message: OpenFailed) -> None:
         if message.generation != self._generation or self._state != CONNECTING:
@@ -227,10 +263,11 @@ class ConnectionLife:
             self._start_delivering()
             return
         self._state = BACKOFF
+        self._url_index = (self._url_index + 1) % len(self._settings.urls)  # failover
         backoff = self._settings.backoff
         if lived >= backoff.reset_after:
             self._attempt = 0
-        delay = backoff.delay(self._attempt, self._rng)
+        delay = max(backoff.delay(self._attempt, self._rng), retry_after(cause))
         self._attempt += 1
         logger.info(
             "pykka-ws: connection %d to %s lost (%s); reconnecting in %.3f s",
@@ -249,14 +286,8 @@ class ConnectionLife:
     def _on_reconnect_asked(self, message: WsReconnect) -> bool:
         """`WsReconnect`: drop the open connection now, or end the backoff wait."""
         if self._state == OPEN:
-            cause = ConnectionAbortedError(
-                f"reconnect asked (WsReconnect){': ' + message.reason if message.reason else ''}"
-            )
-            connection = self._connection
-            if connection is not None:
-                connection.drop()  # its events are stale from now on
-                connection.abort()
-            self._connection_lost(cause)
+            reason = f": {message.reason}" if message.reason else ""
+            self._drop_connection(ConnectionAbortedError(f"reconnect asked (WsReconnect){reason}"))
             return True
         if self._state == BACKOFF:
             if self._reconnect_timer is not None:
@@ -343,6 +374,75 @@ class ConnectionLife:
         while core.deliver(SLICE):
             refuse_inbox(self.actor_inbox, self._handlers, self._drops)
         refuse_inbox(self.actor_inbox, self._handlers, self._drops)
+
+
+class GateDone:
+    """An ``on_open`` request of ``generation`` ended (``error`` None: confirmed)."""
+
+    __slots__ = ("error", "generation", "request_id")
+
+    def __init__(self, generation: int, request_id: Any, error: BaseException | None) -> None:
+        self.generation = generation
+        self.request_id = request_id
+        self.error = error
+
+
+class _GateWaiter:
+    """Tells the owner `GateDone` when an ``on_open`` request ends (a Deferred waiter)."""
+
+    __slots__ = ("generation", "owner", "request_id")
+
+    def __init__(self, owner: pykka.ActorRef[Any], generation: int, request_id: Any) -> None:
+        self.owner = owner
+        self.generation = generation
+        self.request_id = request_id
+
+    def set_now(self, _value: Any) -> None:
+        self._tell(None)
+
+    def set_exception_now(self, exc_info: OptExcInfo) -> None:
+        self._tell(exc_info[1])
+
+    def _tell(self, error: BaseException | None) -> None:
+        try:
+            self.owner.tell(GateDone(self.generation, self.request_id, error))
+        except pykka.ActorDeadError:
+            pass
+
+
+_RETRY_AFTER_MAX = 3600.0
+"""A ``Retry-After`` longer than this (seconds) is taken as this."""
+
+
+def retry_after(cause: BaseException | None) -> float:
+    """Seconds a 429 or 503 handshake refusal asked to wait (``Retry-After``), else 0."""
+    seen: set[int] = set()
+    exc = cause
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        response = getattr(exc, "response", None)
+        if isinstance(exc, InvalidStatus) and response is not None:
+            if response.status_code not in {429, 503}:
+                return 0.0
+            return _seconds(response.headers.get("Retry-After"))
+        exc = exc.__cause__ or exc.__context__
+    return 0.0
+
+
+def _seconds(value: str | None) -> float:
+    """A ``Retry-After`` value: delta-seconds or an HTTP date."""
+    if not value:
+        return 0.0
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), _RETRY_AFTER_MAX)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return 0.0
+    if when.tzinfo is None:
+        return 0.0
+    return min(max(0.0, when.timestamp() - time.time()), _RETRY_AFTER_MAX)
 
 
 def describe(cause: BaseException | None) -> str | None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
-    from collections.abc import Hashable, Mapping
+    from collections.abc import Callable, Hashable, Mapping
     from random import Random
 
     from pykka import ActorRef
@@ -28,6 +28,7 @@ __all__ = [
     "WsDelegatedRequest",
     "WsDisconnected",
     "WsGetStats",
+    "WsHeartbeat",
     "WsInbound",
     "WsLateResponse",
     "WsOutcome",
@@ -497,13 +498,15 @@ class WsConnected:
     """Told to inbound subscribers when a connection opens.
 
     Attributes:
-        url: The URL connected to.
+        url: The URL connected to (with several, the one that opened).
         generation: Counts connections this actor opened, from 1 (refused
             or failed attempts are not counted; see `WsStats.attempts`).
+        subprotocol: The subprotocol the server chose, or None.
     """
 
     url: str
     generation: int
+    subprotocol: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -579,6 +582,11 @@ class WsStats:
             request's ``reply_to`` actor was dead.
         subscriptions: Runtime subscriptions in the current set
             (`WsSubscribe`), replayed on every reconnect.
+        rtt_p50: Median round trip in seconds, from heartbeat confirmations
+            (`WsHeartbeat`) and keepalive pongs (the last 1024 samples), or
+            None before any sample.
+        rtt_p99: Their 99th percentile, or None.
+        url: The URL of the current connection, or of the next attempt.
         hook_errors: Exceptions raised by (or garbage returned from)
             `WsEndpoint` hooks, and subscriber failures.
         last_error: A readable description of the last connection error, or
@@ -604,10 +612,40 @@ class WsStats:
     inbound_dropped: int = 0
     reply_to_dropped: int = 0
     subscriptions: int = 0
+    rtt_p50: float | None = None
+    rtt_p99: float | None = None
+    url: str | None = None
     hook_errors: int = 0
     last_error: str | None = None
     attempts: int = 0
     internal_errors: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WsHeartbeat:
+    """An application-level heartbeat: a confirmed request every ``interval`` seconds.
+
+    Many venues want a JSON ping (``public/test``, ``{"op": "ping"}``), and a
+    server can answer protocol pings while its application is dead. Every
+    ``interval`` seconds while open, ``request()`` is sent; one that does not
+    end confirmed fails the connection, which is replaced (backoff). Its
+    confirmation time is a round-trip sample (`WsStats.rtt_p50`).
+
+    Args:
+        interval: Seconds between heartbeats (finite, > 0).
+        request: Called on the actor's thread for each heartbeat; returns the
+            `WsDelegatedRequest` to send (a fresh id each time). Its
+            ``timeout`` (default: ``interval``) is how long a reply may take.
+    """
+
+    interval: float
+    request: Callable[[], WsDelegatedRequest]
+
+    def __post_init__(self) -> None:
+        check_timeout(self.interval, "interval")
+        if not callable(self.request):
+            msg = f"request must be callable, not {type(self.request).__name__}"
+            raise TypeError(msg)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 import ssl as ssl_module
 import threading
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import pykka
 from websockets.exceptions import InvalidURI
@@ -18,10 +19,7 @@ from websockets.uri import WebSocketURI, parse_uri
 
 from pykka_ws._connection import RedactingLogger
 from pykka_ws._endpoint import WsEndpoint
-from pykka_ws._messages import WsBackoff, check_timeout
-
-if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+from pykka_ws._messages import WsBackoff, WsHeartbeat, check_timeout
 
 __all__ = ["Settings", "check_settings"]
 
@@ -30,8 +28,8 @@ __all__ = ["Settings", "check_settings"]
 class Settings:
     """The checked settings of one `WebSocketActor` (see its docstring)."""
 
-    url: str
-    uri: WebSocketURI
+    urls: list[tuple[str, WebSocketURI]]
+    """Every URL, in failover order, with its parsed form."""
     endpoint: WsEndpoint
     inbound: list[pykka.ActorRef[Any]]
     max_pending: int
@@ -47,7 +45,22 @@ class Settings:
     recent_ids: int
     recent_ids_age: float
     connect_kwargs: dict[str, Any]
-    """What websockets' ``connect()`` is given, besides the socket."""
+    """What websockets' ``connect()`` is given, besides the socket (and TLS)."""
+    tls_kwargs: dict[str, Any]
+    """What it is given besides for a ``wss://`` URL."""
+    heartbeat: WsHeartbeat | None
+    stale_after: float | None
+
+    @property
+    def url(self) -> str:
+        """The first URL."""
+        return self.urls[0][0]
+
+    @property
+    def close_timeout(self) -> float:
+        """Seconds to wait for a closing handshake (and for a connector at stop)."""
+        value: float = self.connect_kwargs["close_timeout"]
+        return value
 
 
 def check_settings(
@@ -77,16 +90,14 @@ def check_settings(
     subprotocols: Iterable[str] | None,
     recent_ids: object,
     recent_ids_age: object,
+    heartbeat: object,
+    stale_after: object,
 ) -> Settings:
     """Check every argument of `WebSocketActor.start()`; return them as `Settings`."""
-    if not isinstance(url, str):
-        msg = f"url must be a str, not {type(url).__name__}"
+    urls = check_urls(url)
+    if heartbeat is not None and not isinstance(heartbeat, WsHeartbeat):
+        msg = f"heartbeat must be a WsHeartbeat, not {type(heartbeat).__name__}"
         raise TypeError(msg)
-    try:
-        uri = parse_uri(url)
-    except InvalidURI as exc:
-        msg = f"url is not a valid ws:// or wss:// URL: {url!r}"
-        raise ValueError(msg) from exc
     if endpoint is None:
         endpoint = WsEndpoint()
     elif not isinstance(endpoint, WsEndpoint):
@@ -105,8 +116,8 @@ def check_settings(
     if subscriber_overflow not in {"block", "drop"}:
         msg = f'subscriber_overflow must be "block" or "drop", not {subscriber_overflow!r}'
         raise ValueError(msg)
-    connect_kwargs = _connect_kwargs(
-        uri,
+    connect_kwargs, tls_kwargs = _connect_kwargs(
+        any(uri.secure for _, uri in urls),
         ping_interval=ping_interval,
         ping_timeout=ping_timeout,
         close_timeout=checked_close_timeout,
@@ -119,8 +130,7 @@ def check_settings(
         server_hostname=server_hostname,
     )
     return Settings(
-        url=url,
-        uri=uri,
+        urls=urls,
         endpoint=endpoint,
         inbound=check_inbound(inbound),
         max_pending=check_count(max_pending_requests, "max_pending_requests"),
@@ -136,11 +146,14 @@ def check_settings(
         recent_ids=check_count(recent_ids, "recent_ids"),
         recent_ids_age=check_timeout(recent_ids_age, "recent_ids_age"),
         connect_kwargs=connect_kwargs,
+        tls_kwargs=tls_kwargs,
+        heartbeat=heartbeat,
+        stale_after=check_optional_wait(stale_after, "stale_after"),
     )
 
 
 def _connect_kwargs(
-    uri: WebSocketURI,
+    secure: bool,
     *,
     ping_interval: object,
     ping_timeout: object,
@@ -152,12 +165,12 @@ def _connect_kwargs(
     subprotocols: Iterable[str] | None,
     ssl: object,
     server_hostname: object,
-) -> dict[str, Any]:
-    """Check websockets' own settings; return what ``connect()`` is given."""
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Check websockets' own settings; return what ``connect()`` is given (and for TLS)."""
     if ssl is not None and not isinstance(ssl, ssl_module.SSLContext):
         msg = f"ssl must be an ssl.SSLContext, not {type(ssl).__name__}"
         raise TypeError(msg)
-    if ssl is not None and not uri.secure:
+    if ssl is not None and not secure:
         msg = "ssl is only valid with a wss:// URL"
         raise ValueError(msg)
     if compression not in {None, "deflate"}:
@@ -175,11 +188,38 @@ def _connect_kwargs(
         "proxy": None,
         "logger": RedactingLogger(logging.getLogger("websockets.client"), additional_headers or ()),
     }
-    if uri.secure:
-        connect_kwargs["ssl"] = ssl
-        if server_hostname is not None:
-            connect_kwargs["server_hostname"] = server_hostname
-    return connect_kwargs
+    tls_kwargs: dict[str, Any] = {"ssl": ssl}
+    if server_hostname is not None:
+        tls_kwargs["server_hostname"] = server_hostname
+    return connect_kwargs, tls_kwargs
+
+
+def check_urls(url: object) -> list[tuple[str, WebSocketURI]]:
+    """One ``ws://``/``wss://`` URL, or a non-empty sequence of them (failover order)."""
+    urls: list[object] = [url] if isinstance(url, str) else _as_list(url)
+    if not urls:
+        msg = "url must not be an empty sequence"
+        raise ValueError(msg)
+    checked = []
+    for one in urls:
+        if not isinstance(one, str):
+            msg = f"url must be a str or a sequence of str, not {type(one).__name__}"
+            raise TypeError(msg)
+        try:
+            checked.append((one, parse_uri(one)))
+        except InvalidURI as exc:
+            msg = f"url is not a valid ws:// or wss:// URL: {one!r}"
+            raise ValueError(msg) from exc
+    return checked
+
+
+def _as_list(value: object) -> list[object]:
+    if isinstance(value, bytes | bytearray | memoryview | Mapping) or not isinstance(
+        value, Iterable
+    ):
+        msg = f"url must be a str or a sequence of str, not {type(value).__name__}"
+        raise TypeError(msg)
+    return list(value)
 
 
 def check_count(value: object, name: str) -> int:

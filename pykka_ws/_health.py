@@ -1,0 +1,191 @@
+"""Connection health, for the owner actor: heartbeats, staleness, round trips.
+
+`Health` is a part of `WebSocketActor` (a mixin, on the owner's thread
+only). While a connection is open:
+
+- with ``heartbeat=WsHeartbeat(interval, request)``, a confirmed request is
+  sent every ``interval`` seconds; one that does not end confirmed fails the
+  connection (it is replaced, with backoff). Its confirmation time is a
+  round-trip sample;
+- with ``stale_after=seconds``, no inbound frame for that long fails the
+  connection;
+- keepalive pongs are round-trip samples too (`_connection.Pong`).
+
+`WsStats.rtt_p50` and ``rtt_p99`` come from the last `SAMPLES` samples.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import pykka
+
+from pykka_ws._messages import WsDelegatedRequest
+from pykka_ws._scheduler import SCHEDULER
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from pykka._types import OptExcInfo
+
+    from pykka_ws._connection import Pong
+    from pykka_ws._futures import Deferred
+    from pykka_ws._settings import Settings
+
+__all__ = ["SAMPLES", "Health", "HeartbeatDone", "HeartbeatTick", "StaleCheck", "percentile"]
+
+logger = logging.getLogger("pykka_ws")
+
+SAMPLES = 1024
+"""Round-trip samples kept for `WsStats.rtt_p50` and ``rtt_p99``."""
+
+
+class HeartbeatTick:
+    """Time for the next heartbeat of ``generation`` (told by the scheduler)."""
+
+    __slots__ = ("generation",)
+
+    def __init__(self, generation: int) -> None:
+        self.generation = generation
+
+
+class StaleCheck:
+    """Time to look whether ``generation`` went stale (told by the scheduler)."""
+
+    __slots__ = ("generation",)
+
+    def __init__(self, generation: int) -> None:
+        self.generation = generation
+
+
+class HeartbeatDone:
+    """A heartbeat of ``generation`` ended (``error`` None: confirmed)."""
+
+    __slots__ = ("error", "generation", "request_id", "sent_at")
+
+    def __init__(
+        self, generation: int, request_id: Any, sent_at: float, error: BaseException | None
+    ) -> None:
+        self.generation = generation
+        self.request_id = request_id
+        self.sent_at = sent_at
+        self.error = error
+
+
+class Health:
+    """The health half of `WebSocketActor` (see the module docstring)."""
+
+    # Set by WebSocketActor, used here.
+    actor_ref: pykka.ActorRef[Any]
+    _settings: Settings
+    _generation: int
+    _state: str
+    _hook_errors: int
+
+    def _init_health(self) -> None:
+        self._rtts: deque[float] = deque(maxlen=SAMPLES)
+        self._last_inbound = 0.0
+        self._watch_stale = self._settings.stale_after is not None
+
+    # Provided by WebSocketActor and ConnectionLife (declared, not defined:
+    # a stub here would come first in WebSocketActor's method order).
+    _on_request: Callable[[WsDelegatedRequest], Deferred]
+    _drop_connection: Callable[[BaseException], None]
+
+    def _is_current(self, generation: int) -> bool:
+        return generation == self._generation and self._state == "open"
+
+    def _start_watching(self, generation: int) -> None:
+        """A connection opened: schedule its heartbeats and staleness checks."""
+        settings = self._settings
+        if settings.heartbeat is not None:
+            SCHEDULER.call_later(
+                settings.heartbeat.interval, self.actor_ref, HeartbeatTick(generation)
+            )
+        if settings.stale_after is not None:
+            self._last_inbound = time.monotonic()
+            SCHEDULER.call_later(settings.stale_after, self.actor_ref, StaleCheck(generation))
+
+    def _on_heartbeat_tick(self, message: HeartbeatTick) -> None:
+        heartbeat = self._settings.heartbeat
+        if heartbeat is None or not self._is_current(message.generation):
+            return
+        SCHEDULER.call_later(heartbeat.interval, self.actor_ref, message)
+        try:
+            request = heartbeat.request()
+            if not isinstance(request, WsDelegatedRequest):
+                msg = f"heartbeat request() returned {type(request).__name__}"
+                raise TypeError(msg)  # noqa: TRY301
+        except Exception:
+            self._hook_errors += 1
+            logger.exception("pykka-ws: the heartbeat's request() failed; no heartbeat sent")
+            return
+        sent_at = time.monotonic()
+        deferred = self._on_request(request)
+        deferred.add_waiter(
+            _HeartbeatWaiter(self.actor_ref, message.generation, request.request_id, sent_at)
+        )
+
+    def _on_heartbeat_done(self, message: HeartbeatDone) -> None:
+        if message.error is None:
+            self._rtts.append(time.monotonic() - message.sent_at)
+            return
+        if self._is_current(message.generation):
+            cause = TimeoutError(f"heartbeat {message.request_id!r} not confirmed: {message.error}")
+            cause.__cause__ = message.error
+            self._drop_connection(cause)
+
+    def _on_stale_check(self, message: StaleCheck) -> None:
+        stale_after = self._settings.stale_after
+        if stale_after is None or not self._is_current(message.generation):
+            return
+        quiet = time.monotonic() - self._last_inbound
+        if quiet >= stale_after:
+            self._drop_connection(TimeoutError(f"no inbound frame for {quiet:.3f} s (stale)"))
+            return
+        SCHEDULER.call_later(stale_after - quiet, self.actor_ref, message)
+
+    def _on_pong(self, message: Pong) -> None:
+        self._rtts.append(message.latency)
+
+    def _rtt_percentiles(self) -> tuple[float | None, float | None]:
+        if not self._rtts:
+            return None, None
+        ordered = sorted(self._rtts)
+        return percentile(ordered, 0.50), percentile(ordered, 0.99)
+
+
+def percentile(ordered: list[float], fraction: float) -> float:
+    """The ``fraction`` quantile of sorted samples (nearest rank)."""
+    index = min(len(ordered) - 1, max(0, round(fraction * len(ordered) + 0.5) - 1))
+    return ordered[index]
+
+
+class _HeartbeatWaiter:
+    """Tells the owner `HeartbeatDone` (a Deferred waiter)."""
+
+    __slots__ = ("generation", "owner", "request_id", "sent_at")
+
+    def __init__(
+        self, owner: pykka.ActorRef[Any], generation: int, request_id: Any, sent_at: float
+    ) -> None:
+        self.owner = owner
+        self.generation = generation
+        self.request_id = request_id
+        self.sent_at = sent_at
+
+    def set_now(self, _value: Any) -> None:
+        self._tell(None)
+
+    def set_exception_now(self, exc_info: OptExcInfo) -> None:
+        self._tell(exc_info[1])
+
+    def _tell(self, error: BaseException | None) -> None:
+        done = HeartbeatDone(self.generation, self.request_id, self.sent_at, error)
+        try:
+            self.owner.tell(done)
+        except pykka.ActorDeadError:
+            pass
