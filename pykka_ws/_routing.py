@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from pykka_ws._errors import EndpointRejected
 
 if TYPE_CHECKING:
-    from collections.abc import Hashable
+    from collections.abc import Callable, Hashable
 
     from pykka._types import OptExcInfo
 
@@ -42,8 +42,7 @@ class Routing:
     _subscribers: Subscribers
     _subscriptions: dict[Hashable, WsDelegatedRequest]
 
-    def _on_request(self, request: WsDelegatedRequest) -> Deferred:
-        raise NotImplementedError  # provided by WebSocketActor
+    _on_request: Callable[[WsDelegatedRequest], Deferred]  # WebSocketActor's
 
     def _on_route(self, message: WsRoute) -> None:
         self._subscribers.add_route(message.key, message.ref)
