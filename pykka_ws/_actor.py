@@ -339,6 +339,7 @@ class WebSocketActor(Routing, Health, ConnectionLife, pykka.ThreadingActor):
             outcomes=dict(core.outcomes),
             sends_refused=core.sends_refused,
             stray_replies=core.stray_replies,
+            resends=core.resends,
             inbound_dropped=self._subscribers.dropped,
             reply_to_dropped=self._drops.reply_to_dropped,
             subscriptions=len(self._subscriptions),

@@ -45,7 +45,7 @@ from pykka_ws._errors import (
 )
 from pykka_ws._messages import WsConfirmMode, WsDelegatedOk, WsLateResponse
 from pykka_ws._outcomes import OUTCOMES, Ledger, failed
-from pykka_ws._pending import Entry, Insert
+from pykka_ws._pending import RESEND_UNSENT, RESEND_WRITTEN, Entry, Insert
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -138,6 +138,7 @@ class Core(Ledger):
         self.closed: str | None = None  # why it will not reconnect, once it will not
         self.stopped = False
         self.stray_replies = 0
+        self.resends = 0
         self.sends_refused = 0
         self.frames_out = 0
         self.bytes_out = 0
@@ -193,6 +194,8 @@ class Core(Ledger):
                 )
                 return entry
             self.recent.discard(request_id)
+            if request.retry:
+                entry.resend = RESEND_WRITTEN if request.idempotent else RESEND_UNSENT
             self.queue.append(entry)
             self.queued += 1
             return entry
@@ -329,6 +332,12 @@ class Core(Ledger):
             if state == DONE:
                 self._on_written(item)
             elif state == STARTED:
+                if item.resend and item.deadline > self.clock():
+                    # Cut before its last byte: it never arrived whole. Again.
+                    item.claim = None
+                    self.resends += 1
+                    requeue.append(item)
+                    continue
                 self.table.remove(item)
                 self._end_not_delivered(item, "the write failed", error)
             elif state == PENDING:
@@ -346,6 +355,13 @@ class Core(Ledger):
             self.table.remove(entry)
             self._end_sent(entry)
         elif entry.generation != self.generation or not self.open:
+            if entry.resend == RESEND_WRITTEN:  # idempotent: its connection died; again
+                entry.written = False
+                entry.claim = None
+                self.resends += 1
+                self.queue.appendleft(entry)
+                self.queued += 1
+                return
             self.table.remove(entry)
             self._end_unconfirmed(
                 entry, "its connection was lost before a reply could come", written=True
@@ -428,6 +444,9 @@ class Core(Ledger):
             if len(self.queue) > before:  # inserted: it was appended; it goes first
                 items.append(self.queue.pop())
                 self.queued -= 1
+            if self.table.get(part.request_id) is deferred:
+                # Inserted, or joined an attempt of the id still in flight:
+                # either way nothing queued goes before it has ended confirmed.
                 self.gates.add(part.request_id)
         if items:
             self.queue.extendleft(reversed(items))
@@ -485,6 +504,16 @@ class Core(Ledger):
         # Written and waiting for a reply on this connection: none can come.
         generation = self.generation
         lost = [e for e in self.table if e.written and e.generation == generation]
+        if any(e.resend == RESEND_WRITTEN for e in lost):
+            # Idempotent: written on a connection that died, sent again.
+            again = [e for e in lost if e.resend == RESEND_WRITTEN]
+            lost = [e for e in lost if e.resend != RESEND_WRITTEN]
+            for entry in again:
+                entry.written = False
+                entry.claim = None
+            self.resends += len(again)
+            self.queue.extendleft(reversed(again))
+            self.queued += len(again)
         self._end_many(lost, "unconfirmed", "its connection was lost with no reply")
 
     def give_up(self, reason: str) -> None:

@@ -135,6 +135,17 @@ class WsDelegatedRequest:
             A dead ``reply_to`` is dropped and counted
             (`WsStats.reply_to_dropped`), never an error.
         context: Anything, handed back untouched in `WsOutcome.context`.
+        retry: Outcome-driven retry: a frame that provably never left (its
+            write failed before the frame was complete, or its connection
+            died before its write started) is written again on the next
+            connection, with the same id, until the deadline; only then
+            does it end `NotDelivered`. Every re-send is counted
+            (`WsStats.resends`); a reply to any attempt completes it; no
+            attempt is made after it ended.
+        idempotent: With ``retry``: the endpoint deduplicates by this id,
+            so a request *written* on a connection that died is sent again
+            too, instead of ending `Unconfirmed`. Without it, an ambiguous
+            request is never re-sent automatically.
 
     Raises:
         TypeError: If a value has the wrong type.
@@ -148,8 +159,10 @@ class WsDelegatedRequest:
         "context",
         "created_at",
         "frame",
+        "idempotent",
         "reply_to",
         "request_id",
+        "retry",
         "timeout",
     )
 
@@ -163,6 +176,8 @@ class WsDelegatedRequest:
         timeout: float | None = None,
         reply_to: ActorRef[Any] | None = None,
         context: Any = None,
+        retry: bool = False,
+        idempotent: bool = False,
     ) -> None:
         self.created_at: float = time.monotonic()
         self.request_id: RequestId = check_request_id(request_id)
@@ -183,6 +198,11 @@ class WsDelegatedRequest:
             raise TypeError(msg)
         self.reply_to = reply_to
         self.context = context
+        if not isinstance(retry, bool) or not isinstance(idempotent, bool):
+            msg = "retry and idempotent must be bool"
+            raise TypeError(msg)
+        self.retry = retry
+        self.idempotent = idempotent
 
     @property
     def fingerprint(self) -> str | bytes | int:
@@ -582,6 +602,8 @@ class WsStats:
             request's ``reply_to`` actor was dead.
         subscriptions: Runtime subscriptions in the current set
             (`WsSubscribe`), replayed on every reconnect.
+        resends: Frames written again by outcome-driven retry
+            (``WsDelegatedRequest(retry=True)``).
         rtt_p50: Median round trip in seconds, from heartbeat confirmations
             (`WsHeartbeat`) and keepalive pongs (the last 1024 samples), or
             None before any sample.
@@ -612,6 +634,7 @@ class WsStats:
     inbound_dropped: int = 0
     reply_to_dropped: int = 0
     subscriptions: int = 0
+    resends: int = 0
     rtt_p50: float | None = None
     rtt_p99: float | None = None
     url: str | None = None

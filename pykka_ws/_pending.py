@@ -21,7 +21,19 @@ if TYPE_CHECKING:
     from pykka_ws._claims import Claim
     from pykka_ws._messages import Frame, RequestId, WsConfirmMode
 
-__all__ = ["Entry", "Insert", "PendingTable", "RecentIds"]
+__all__ = [
+    "NO_RESEND",
+    "RESEND_UNSENT",
+    "RESEND_WRITTEN",
+    "Entry",
+    "Insert",
+    "PendingTable",
+    "RecentIds",
+]
+
+NO_RESEND = 0
+RESEND_UNSENT = 1
+RESEND_WRITTEN = 2
 
 # The heap may hold this many times the live entries (plus a constant)
 # before it is rebuilt; stale items come from joins and completions.
@@ -58,6 +70,7 @@ class Entry(Deferred):
         "generation",
         "heap_seq",
         "request_id",
+        "resend",
         "written",
     )
 
@@ -79,6 +92,10 @@ class Entry(Deferred):
         self.claim: Claim | None = None
         self.written = False
         self.generation = 0
+        # What may be sent again (outcome-driven retry): NO_RESEND,
+        # RESEND_UNSENT (a frame that provably never left) or RESEND_WRITTEN
+        # (also one written on a lost connection: idempotent).
+        self.resend = NO_RESEND
 
     def __repr__(self) -> str:
         return (
