@@ -47,7 +47,9 @@ from pykka_ws._messages import (
     WsSubscribe,
     WsUnroute,
     WsUnsubscribe,
+    check_timeout,
 )
+from pykka_ws._recovery import ProbeDone, ProbeDue, Recovery
 from pykka_ws._routing import Routing
 from pykka_ws._scheduler import SCHEDULER
 from pykka_ws._settings import check_settings
@@ -83,7 +85,7 @@ class _Deliver:
     __slots__ = ()
 
 
-class WebSocketActor(Routing, Health, ConnectionLife, pykka.ThreadingActor):
+class WebSocketActor(Routing, Recovery, Health, ConnectionLife, pykka.ThreadingActor):
     """A WebSocket connection as a pykka actor, with honest request outcomes.
 
     Start it with ``WebSocketActor.start(url, ...)``; every argument below is
@@ -160,6 +162,10 @@ class WebSocketActor(Routing, Health, ConnectionLife, pykka.ThreadingActor):
             end confirmed fails the connection. None (default): none.
         stale_after: Seconds without any inbound frame after which the
             connection is failed and replaced; None (default): never.
+        probe_delay: Seconds after a request ends ``Unconfirmed(written=True)``
+            before it is probed (`WsEndpoint.probe`, `WsResolved`): data
+            buffered before a break can still be executed, so a probe sent at
+            once may be told "not there" for an order that then fills.
     """
 
     @staticmethod
@@ -196,10 +202,13 @@ class WebSocketActor(Routing, Health, ConnectionLife, pykka.ThreadingActor):
         recent_ids_age: float = 60.0,
         heartbeat: WsHeartbeat | None = None,
         stale_after: float | None = None,
+        probe_delay: float = 1.0,
     ) -> None:
         # Every argument, by name, checked in the caller's thread (first
         # statement: no other local exists yet).
-        arguments = {k: v for k, v in locals().items() if k not in {"self", "__class__"}}
+        arguments = {
+            k: v for k, v in locals().items() if k not in {"self", "__class__", "probe_delay"}
+        }
         super().__init__()
         self._settings = settings = check_settings(**arguments)
         self._url = settings.url
@@ -223,6 +232,7 @@ class WebSocketActor(Routing, Health, ConnectionLife, pykka.ThreadingActor):
 
         self._init_lifecycle()
         self._init_health()
+        self._init_recovery(check_timeout(probe_delay, "probe_delay"))
         self._expiry_timer: TimerHandle | None = None
         self._credit_timer: TimerHandle | None = None
         self._delivering = False
@@ -252,6 +262,8 @@ class WebSocketActor(Routing, Health, ConnectionLife, pykka.ThreadingActor):
             HeartbeatDone: self._on_heartbeat_done,
             StaleCheck: self._on_stale_check,
             Pong: self._on_pong,
+            ProbeDue: self._on_probe_due,
+            ProbeDone: self._on_probe_done,
             WsRoute: self._on_route,
             WsUnroute: self._on_unroute,
             WsSubscribe: self._on_subscribe,
@@ -309,6 +321,8 @@ class WebSocketActor(Routing, Health, ConnectionLife, pykka.ThreadingActor):
             deferred.add_waiter(
                 ReplyTo(request.reply_to, request.request_id, request.context, self._drops)
             )
+        if self._probing:
+            self._watch_for_probe(request, deferred)
         self._schedule_expiry()
         if self._core.inflight is None:
             self._flush()
@@ -340,6 +354,9 @@ class WebSocketActor(Routing, Health, ConnectionLife, pykka.ThreadingActor):
             sends_refused=core.sends_refused,
             stray_replies=core.stray_replies,
             resends=core.resends,
+            gaps=self._gaps,
+            duplicates=self._duplicates,
+            probes=self._probes,
             inbound_dropped=self._subscribers.dropped,
             reply_to_dropped=self._drops.reply_to_dropped,
             subscriptions=len(self._subscriptions),
@@ -395,14 +412,11 @@ class WebSocketActor(Routing, Health, ConnectionLife, pykka.ThreadingActor):
         self._frames_in += 1
         self._bytes_in += message.size
         match = self._call_hook("match_response", frame)
-        if match is not None:
-            if not isinstance(match, WsRequestMatch):
-                self._hook_garbage("match_response", match)
-            elif self._on_match(match, frame):
-                self._credit(message)
-                return
+        if match is not None and self._on_matches(match, frame):
+            self._credit(message)
+            return
         parsed = self._call_hook("parse", frame)
-        if parsed is not None:
+        if parsed is not None and (not self._sequenced or self._in_sequence(parsed)):
             subscribers = self._subscribers
             key = self._call_hook("route", parsed) if subscribers.routes else None
             subscribers.publish(WsInbound(frame, parsed), frame=True, key=key)
@@ -415,6 +429,20 @@ class WebSocketActor(Routing, Health, ConnectionLife, pykka.ThreadingActor):
 
     def _on_credit_check(self, _message: CreditCheck) -> None:
         self._credit_timer = self._subscribers.check()
+
+    def _on_matches(self, match: object, frame: Frame) -> bool:
+        """Complete the requests a frame's matches name; return whether all were replies.
+
+        A batch reply (a sequence of matches) completes each of its ids; if
+        any answers no request, the frame is passed on as inbound too.
+        """
+        if isinstance(match, WsRequestMatch):  # a NamedTuple: before the tuple test
+            return self._on_match(match, frame)
+        if isinstance(match, list | tuple) and all(isinstance(m, WsRequestMatch) for m in match):
+            answered = [self._on_match(one, frame) for one in match]  # every one, in order
+            return bool(answered) and all(answered)
+        self._hook_garbage("match_response", match)
+        return False
 
     def _on_match(self, match: WsRequestMatch, frame: Frame) -> bool:
         """Complete the request a reply matches; return whether it was one."""
@@ -441,6 +469,8 @@ class WebSocketActor(Routing, Health, ConnectionLife, pykka.ThreadingActor):
             return False
         if late is not None:
             self._subscribers.publish(late, frame=True)
+            if self._unresolved:
+                self._late_reply(request_id, frame, ok=match.ok)
         return True
 
     def _call_hook(self, name: str, *args: Any) -> Any:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Hashable, Iterable
+    from collections.abc import Hashable, Iterable, Sequence
 
-    from pykka_ws._messages import Frame, WsDelegatedRequest, WsRequestMatch
+    from pykka_ws._messages import Frame, RequestId, WsDelegatedRequest, WsRequestMatch
 
 __all__ = ["WsEndpoint"]
 
@@ -36,12 +36,17 @@ class WsEndpoint:
         """
         return ()
 
-    def match_response(self, frame: Frame) -> WsRequestMatch | None:  # noqa: ARG002
+    def match_response(
+        self,
+        frame: Frame,  # noqa: ARG002
+    ) -> WsRequestMatch | Sequence[WsRequestMatch] | None:
         """Pair an inbound frame with the request it answers.
 
         Return a `WsRequestMatch` naming the request id and whether the
         endpoint accepted it, or None if the frame answers no request (it is
-        then passed to `parse` and on to the inbound subscribers).
+        then passed to `parse` and on to the inbound subscribers). A batch
+        reply may return a sequence of matches: each completes its request,
+        and if one answers no request the frame is passed on too.
         """
         return None
 
@@ -59,6 +64,33 @@ class WsEndpoint:
         goes to those actors only; None (the default), or a key without
         routes, sends it to every ``inbound`` subscriber.
         """
+        return None
+
+    def sequence(self, message: Any) -> tuple[Hashable, int] | None:  # noqa: ARG002
+        """Return ``(stream key, number)`` for a parsed message of a sequenced stream.
+
+        With it, a gap in a stream's numbers re-sends that stream's
+        subscription (the `WsSubscribe` with that key) without dropping the
+        connection, and tells `WsGap`; a number at or below the last seen is
+        a duplicate, dropped and counted. Numbers must keep increasing
+        across resubscriptions (a venue's update id does). None (default):
+        not sequenced.
+        """
+        return None
+
+    def probe(self, request_id: RequestId, frame: Frame) -> WsDelegatedRequest | None:  # noqa: ARG002
+        """Return a request that asks whether an `Unconfirmed` request took effect.
+
+        E.g. "order status by client order id". Sent once a connection is
+        open and ``probe_delay`` seconds after the request ended
+        ``Unconfirmed(written=True)`` (data buffered before a break can
+        still be executed: probe too early and the venue does not have it
+        *yet*). None (default): no probe.
+        """
+        return None
+
+    def probe_result(self, response: Frame) -> bool | None:  # noqa: ARG002
+        """Read a probe's reply: True (it took effect), False (not there), None (unknown)."""
         return None
 
     def on_disconnect(self, cause: BaseException | None) -> bool:

@@ -27,6 +27,7 @@ __all__ = [
     "WsDelegatedOk",
     "WsDelegatedRequest",
     "WsDisconnected",
+    "WsGap",
     "WsGetStats",
     "WsHeartbeat",
     "WsInbound",
@@ -34,6 +35,7 @@ __all__ = [
     "WsOutcome",
     "WsReconnect",
     "WsRequestMatch",
+    "WsResolved",
     "WsRoute",
     "WsSend",
     "WsStats",
@@ -571,6 +573,48 @@ class WsLateResponse:
 
 
 @dataclass(frozen=True, slots=True)
+class WsGap:
+    """Told to the subscribers when a stream's sequence numbers skip.
+
+    `WsEndpoint.sequence` numbers each stream's messages; a gap re-sends
+    that stream's subscription (from the runtime set, `WsSubscribe`)
+    without dropping the connection. Messages numbered at or below the last
+    one seen are duplicates: dropped and counted (`WsStats.duplicates`).
+
+    Attributes:
+        key: The stream.
+        expected: The number that should have come.
+        received: The number that came.
+        resubscribed: True if its subscription was sent again.
+    """
+
+    key: Hashable
+    expected: int
+    received: int
+    resubscribed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WsResolved:
+    """What a probe (or a late reply) learnt about an `Unconfirmed` request.
+
+    Told to the request's ``reply_to`` and to the subscribers.
+
+    Attributes:
+        request_id: The request's id.
+        executed: True if it took effect, False if the endpoint does not
+            have it, None if that could not be learnt (the probe failed).
+        response: The probe's reply, or the late reply, or None.
+        context: The request's ``context``.
+    """
+
+    request_id: RequestId
+    executed: bool | None
+    response: Frame | None
+    context: Any = None
+
+
+@dataclass(frozen=True, slots=True)
 class WsStats:
     """A snapshot of a `WebSocketActor`'s state and counters.
 
@@ -604,6 +648,9 @@ class WsStats:
             (`WsSubscribe`), replayed on every reconnect.
         resends: Frames written again by outcome-driven retry
             (``WsDelegatedRequest(retry=True)``).
+        gaps: Sequence gaps seen (`WsGap`).
+        duplicates: Sequenced messages dropped as duplicates.
+        probes: Probes sent to resolve `Unconfirmed` requests (`WsResolved`).
         rtt_p50: Median round trip in seconds, from heartbeat confirmations
             (`WsHeartbeat`) and keepalive pongs (the last 1024 samples), or
             None before any sample.
@@ -635,6 +682,9 @@ class WsStats:
     reply_to_dropped: int = 0
     subscriptions: int = 0
     resends: int = 0
+    gaps: int = 0
+    duplicates: int = 0
+    probes: int = 0
     rtt_p50: float | None = None
     rtt_p99: float | None = None
     url: str | None = None

@@ -108,9 +108,7 @@ class JsonRpcEndpoint(WsEndpoint):
         return json.loads(frame)
 
     # The ignore is for WsEndpoint.match_response before it allows several matches.
-    def match_response(  # type: ignore[override, unused-ignore]
-        self, frame: Frame
-    ) -> WsRequestMatch | tuple[WsRequestMatch, ...] | None:
+    def match_response(self, frame: Frame) -> WsRequestMatch | tuple[WsRequestMatch, ...] | None:
         """Pair a reply with its request; see the class docstring.
 
         Batch replies: a JSON array gives a `tuple` with a `WsRequestMatch`

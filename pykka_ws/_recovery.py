@@ -1,0 +1,229 @@
+"""Recovery beyond a reconnect, for the owner actor: probes and sequence gaps.
+
+`Recovery` is a part of `WebSocketActor` (a mixin, on the owner's thread only).
+
+- **Resolving Unconfirmed.** With `WsEndpoint.probe`, a request that ends
+  ``Unconfirmed(written=True)`` is probed once a connection is open and
+  ``probe_delay`` seconds have passed; `WsEndpoint.probe_result` reads the
+  answer, and `WsResolved` is told to the request's ``reply_to`` and to the
+  subscribers. A late reply to such a request resolves it the same way (and
+  no probe is sent). At most `MAX_UNRESOLVED` requests wait to be resolved.
+- **Per-stream gaps.** With `WsEndpoint.sequence`, a skipped number re-sends
+  that stream's subscription and tells `WsGap`; duplicates are dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+import pykka
+
+from pykka_ws._endpoint import WsEndpoint
+from pykka_ws._errors import Unconfirmed
+from pykka_ws._messages import WsDelegatedRequest, WsGap, WsResolved
+from pykka_ws._scheduler import SCHEDULER
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Hashable
+
+    from pykka._types import OptExcInfo
+
+    from pykka_ws._futures import Deferred
+    from pykka_ws._messages import Frame, RequestId
+    from pykka_ws._subscribers import Subscribers
+
+__all__ = ["MAX_UNRESOLVED", "ProbeDone", "ProbeDue", "Recovery"]
+
+logger = logging.getLogger("pykka_ws")
+
+MAX_UNRESOLVED = 4096
+"""Most Unconfirmed requests waiting for a probe or a late reply at once."""
+
+_PROBE_TRIES = 60
+"""How often a probe waits ``probe_delay`` more for an open connection."""
+
+
+class ProbeDue:
+    """Time to probe an Unconfirmed request (told by the scheduler)."""
+
+    __slots__ = ("request_id", "tries")
+
+    def __init__(self, request_id: RequestId, tries: int = 0) -> None:
+        self.request_id = request_id
+        self.tries = tries
+
+
+class ProbeDone:
+    """A probe ended (``error`` None: confirmed with ``response``)."""
+
+    __slots__ = ("error", "request_id", "response")
+
+    def __init__(
+        self, request_id: RequestId, response: Frame | None, error: BaseException | None
+    ) -> None:
+        self.request_id = request_id
+        self.response = response
+        self.error = error
+
+
+class Recovery:
+    """The recovery half of `WebSocketActor` (see the module docstring)."""
+
+    # Set by WebSocketActor and its other halves, used here.
+    actor_ref: pykka.ActorRef[Any]
+    _endpoint: WsEndpoint
+    _subscribers: Subscribers
+    _subscriptions: dict[Hashable, WsDelegatedRequest]
+    _state: str
+    _on_request: Callable[[WsDelegatedRequest], Deferred]
+    _call_hook: Callable[..., Any]
+    _hook_garbage: Callable[[str, object], None]
+
+    def _init_recovery(self, probe_delay: float) -> None:
+        endpoint_class = type(self._endpoint)
+        self._probing = endpoint_class.probe is not WsEndpoint.probe
+        self._sequenced = endpoint_class.sequence is not WsEndpoint.sequence
+        self._probe_delay = probe_delay
+        # Unconfirmed(written=True) requests not yet resolved: id -> request.
+        self._unresolved: OrderedDict[RequestId, WsDelegatedRequest] = OrderedDict()
+        self._last_seq: dict[Hashable, int] = {}
+        self._gaps = 0
+        self._duplicates = 0
+        self._probes = 0
+
+    # -- resolving Unconfirmed ---------------------------------------------------
+
+    def _watch_for_probe(self, request: WsDelegatedRequest, deferred: Deferred) -> None:
+        if self._probing:
+            deferred.add_waiter(_Unconfirmed(self, request))
+
+    def _on_unconfirmed(self, request: WsDelegatedRequest) -> None:
+        """A watched request ended Unconfirmed(written=True): probe it later."""
+        unresolved = self._unresolved
+        unresolved[request.request_id] = request
+        unresolved.move_to_end(request.request_id)
+        if len(unresolved) > MAX_UNRESOLVED:
+            unresolved.popitem(last=False)
+        SCHEDULER.call_later(self._probe_delay, self.actor_ref, ProbeDue(request.request_id))
+
+    def _on_probe_due(self, message: ProbeDue) -> None:
+        request = self._unresolved.get(message.request_id)
+        if request is None:
+            return  # resolved already (a late reply)
+        if self._state != "open":
+            if message.tries < _PROBE_TRIES:
+                again = ProbeDue(message.request_id, message.tries + 1)
+                SCHEDULER.call_later(self._probe_delay, self.actor_ref, again)
+            else:
+                del self._unresolved[message.request_id]
+                self._resolve(request, None, None)
+            return
+        probe = self._call_hook("probe", request.request_id, request.frame)
+        if not isinstance(probe, WsDelegatedRequest):
+            if probe is not None:
+                self._hook_garbage("probe", type(probe).__name__)
+            return
+        self._probes += 1
+        self._on_request(probe).add_waiter(_ProbeWaiter(self.actor_ref, request.request_id))
+
+    def _on_probe_done(self, message: ProbeDone) -> None:
+        request = self._unresolved.pop(message.request_id, None)
+        if request is None:
+            return
+        executed: bool | None = None
+        if message.error is None and message.response is not None:
+            executed = self._call_hook("probe_result", message.response)
+            if executed is not None and not isinstance(executed, bool):
+                self._hook_garbage("probe_result", executed)
+                executed = None
+        self._resolve(request, executed, message.response)
+
+    def _late_reply(self, request_id: RequestId, frame: Frame, *, ok: bool) -> None:
+        """A reply for an ended request: it resolves an Unconfirmed one."""
+        request = self._unresolved.pop(request_id, None)
+        if request is not None:
+            self._resolve(request, ok, frame)
+
+    def _resolve(
+        self, request: WsDelegatedRequest, executed: bool | None, response: Frame | None
+    ) -> None:
+        resolved = WsResolved(request.request_id, executed, response, request.context)
+        if request.reply_to is not None:
+            try:
+                request.reply_to.tell(resolved)
+            except pykka.ActorDeadError:
+                pass
+        self._subscribers.publish(resolved)
+
+    # -- per-stream gaps ---------------------------------------------------------
+
+    def _in_sequence(self, message: Any) -> bool:
+        """Check a parsed message's stream number; return whether to deliver it."""
+        numbered = self._call_hook("sequence", message)
+        if numbered is None:
+            return True
+        try:
+            key, number = numbered
+            if isinstance(number, bool) or not isinstance(number, int):
+                raise TypeError  # noqa: TRY301
+        except (TypeError, ValueError):
+            self._hook_garbage("sequence", numbered)
+            return True
+        last = self._last_seq.get(key)
+        self._last_seq[key] = max(number, last) if last is not None else number
+        if last is None or number == last + 1:
+            return True
+        if number <= last:
+            self._duplicates += 1
+            return False
+        self._gaps += 1
+        subscription = self._subscriptions.get(key)
+        if subscription is not None:
+            again = WsDelegatedRequest(
+                subscription.request_id, subscription.frame, timeout=subscription.timeout
+            )
+            self._on_request(again)
+        self._subscribers.publish(WsGap(key, last + 1, number, subscription is not None))
+        return True
+
+
+class _Unconfirmed:
+    """A watched request's waiter: Unconfirmed(written=True) schedules a probe."""
+
+    __slots__ = ("owner", "request")
+
+    def __init__(self, owner: Recovery, request: WsDelegatedRequest) -> None:
+        self.owner = owner
+        self.request = request
+
+    def set_now(self, _value: Any) -> None:
+        """Sent or confirmed: nothing to resolve."""
+
+    def set_exception_now(self, exc_info: OptExcInfo) -> None:
+        error = exc_info[1]
+        if isinstance(error, Unconfirmed) and error.written:
+            self.owner._on_unconfirmed(self.request)  # noqa: SLF001 - its owner, same thread
+
+
+class _ProbeWaiter:
+    """Tells the owner `ProbeDone` (a Deferred waiter)."""
+
+    __slots__ = ("owner", "request_id")
+
+    def __init__(self, owner: pykka.ActorRef[Any], request_id: RequestId) -> None:
+        self.owner = owner
+        self.request_id = request_id
+
+    def set_now(self, value: Any) -> None:
+        self._tell(getattr(value, "response", None), None)
+
+    def set_exception_now(self, exc_info: OptExcInfo) -> None:
+        self._tell(None, exc_info[1])
+
+    def _tell(self, response: Frame | None, error: BaseException | None) -> None:
+        try:
+            self.owner.tell(ProbeDone(self.request_id, response, error))
+        except pykka.ActorDeadError:
+            pass
