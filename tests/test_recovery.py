@@ -1,0 +1,262 @@
+"""Beyond the anchors: outcome-driven retry, resolving Unconfirmed, per-stream gap recovery."""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from collections import Counter
+from typing import Any
+
+import pykka
+import pytest
+
+from pykka_ws import (
+    NotDelivered,
+    Unconfirmed,
+    WebSocketActor,
+    WsBackoff,
+    WsConnected,
+    WsDelegatedRequest,
+    WsDisconnected,
+    WsEndpoint,
+    WsGap,
+    WsInbound,
+    WsOutcome,
+    WsResolved,
+    WsSubscribe,
+)
+from pykka_ws.testing import FaultProxy, WsTestServer
+
+from .support import Collector, JsonEndpoint, json_reply, next_of, req_frame, stats, wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+FAST = WsBackoff(initial=0.01, cap=0.05)
+
+
+def start(url: str, endpoint: WsEndpoint | None = None, **kwargs: Any) -> pykka.ActorRef[Any]:
+    kwargs.setdefault("backoff", FAST)
+    ref = WebSocketActor.start(url, endpoint=endpoint or JsonEndpoint(), **kwargs)
+    wait_until(lambda: stats(ref).state == "open", 10.0, "the connection to open")
+    return ref
+
+
+# -- outcome-driven retry --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("retry", [True, False])
+def test_a_write_cut_before_its_last_byte_is_sent_again_only_with_retry(retry: bool) -> None:
+    with WsTestServer(json_reply, max_size=None) as srv, FaultProxy("127.0.0.1", srv.port) as proxy:
+        sink: queue.Queue[Any] = queue.Queue()
+        ref = start(
+            proxy.url,
+            inbound=Collector.start(sink),
+            write_timeout=0.3,
+            ping_interval=None,
+            compression=None,  # so the 16 MiB stay 16 MiB on the wire
+        )
+        assert next_of(sink, WsConnected).generation == 1
+        proxy.blackhole()  # nothing moves: the big frame cannot leave whole
+        big = json.dumps({"id": 1, "pad": "x" * (16 * 1024 * 1024)})
+        placed = ref.ask(WsDelegatedRequest(1, big, timeout=30.0, retry=retry), block=False)
+        lost = next_of(sink, WsDisconnected, 30)
+        assert "write timed out" in repr(lost.cause) + repr(lost.cause.__cause__)
+        proxy.restore()
+        if retry:
+            assert placed.get(timeout=30).confirmed is True
+            assert stats(ref).resends == 1
+            assert [f for f in srv.received if f == big] == [big]  # the cut one never arrived
+        else:
+            with pytest.raises(NotDelivered):
+                placed.get(timeout=30)
+            assert stats(ref).resends == 0
+            assert big not in srv.received
+
+
+class FirstTimeSilent:
+    """Server: ignores the first frame of each id, confirms the next."""
+
+    def __init__(self) -> None:
+        self.seen: Counter[Any] = Counter()
+        self.lock = threading.Lock()
+
+    def __call__(self, frame: str | bytes) -> str | None:
+        request_id = json.loads(frame)["id"]
+        with self.lock:
+            self.seen[request_id] += 1
+            first = self.seen[request_id] == 1
+        return None if first else json_reply(frame)
+
+
+@pytest.mark.parametrize("idempotent", [True, False])
+def test_a_written_request_on_a_lost_connection_is_resent_only_if_idempotent(
+    idempotent: bool,
+) -> None:
+    reply = FirstTimeSilent()
+    with WsTestServer(reply) as srv:
+        ref = start(srv.url)
+        placed = ref.ask(
+            WsDelegatedRequest(7, req_frame(7), timeout=20.0, retry=True, idempotent=idempotent),
+            block=False,
+        )
+        srv.wait_for_received(1)
+        wait_until(lambda: stats(ref).frames_out == 1, 5, "the write")
+        srv.wait_for_open_connections(1)
+        srv.close_connections()
+        if idempotent:
+            assert placed.get(timeout=20).confirmed is True
+            assert reply.seen[7] == 2
+            assert stats(ref).resends == 1
+        else:
+            with pytest.raises(Unconfirmed) as excinfo:
+                placed.get(timeout=20)
+            assert excinfo.value.written is True
+            assert reply.seen[7] == 1  # never on the wire twice
+            assert stats(ref).resends == 0
+
+
+# -- resolving Unconfirmed ------------------------------------------------------------
+
+
+class Venue:
+    """A venue that executes orders silently (its ack is lost) and answers status probes."""
+
+    def __init__(self, *, answer_probes: bool = True) -> None:
+        self.orders: set[Any] = set()
+        self.answer_probes = answer_probes
+        self.probes = 0
+
+    def __call__(self, frame: str | bytes) -> str | None:
+        data = json.loads(frame)
+        if "status_of" in data:
+            self.probes += 1
+            if not self.answer_probes:
+                return None
+            status = "filled" if data["status_of"] in self.orders else "unknown"
+            return json.dumps({"id": data["id"], "result": {"status": status}})
+        if data.get("do") == "place":
+            self.orders.add(data["id"])  # executed; the ack never comes
+            return None
+        return json_reply(frame)
+
+
+class ProbingEndpoint(JsonEndpoint):
+    def probe(self, request_id: Any, frame: str | bytes) -> WsDelegatedRequest | None:
+        probe_id = f"probe-{request_id}"
+        status = json.dumps({"id": probe_id, "status_of": request_id})
+        return WsDelegatedRequest(probe_id, status, timeout=0.5)
+
+    def probe_result(self, response: str | bytes) -> bool | None:
+        status = json.loads(response)["result"]["status"]
+        return {"filled": True, "unknown": False}.get(status)
+
+
+def test_an_order_executed_before_the_break_is_resolved_by_its_probe() -> None:
+    venue = Venue()
+    with WsTestServer(venue) as srv:
+        sink: queue.Queue[Any] = queue.Queue()
+        desk = Collector.start(sink)
+        ref = start(srv.url, ProbingEndpoint(), probe_delay=0.2)
+        order = WsDelegatedRequest(
+            11, req_frame(11, "place"), timeout=20.0, reply_to=desk, context="order 11"
+        )
+        ref.tell(order)
+        srv.wait_for_received(1)
+        wait_until(lambda: stats(ref).frames_out == 1, 5, "the write")
+        srv.wait_for_open_connections(1)
+        srv.close_connections()  # the break: the fill's ack is lost with it
+        outcome = next_of(sink, WsOutcome)
+        assert isinstance(outcome.error, Unconfirmed)
+        resolved = next_of(sink, WsResolved)
+        assert resolved == WsResolved(11, True, resolved.response, "order 11")
+        assert json.loads(resolved.response)["result"]["status"] == "filled"
+        assert stats(ref).probes == 1
+
+
+def test_a_probe_that_is_not_answered_resolves_as_unknown() -> None:
+    venue = Venue(answer_probes=False)
+    with WsTestServer(venue) as srv:
+        sink: queue.Queue[Any] = queue.Queue()
+        desk = Collector.start(sink)
+        ref = start(srv.url, ProbingEndpoint(), probe_delay=0.05)
+        ref.tell(WsDelegatedRequest(12, req_frame(12, "place"), timeout=0.3, reply_to=desk))
+        assert isinstance(next_of(sink, WsOutcome).error, Unconfirmed)
+        resolved = next_of(sink, WsResolved)
+        assert resolved.request_id == 12
+        assert resolved.executed is None
+        assert resolved.response is None
+        assert venue.probes == 1
+
+
+def test_a_late_reply_resolves_an_unconfirmed_request_and_no_probe_is_sent() -> None:
+    with WsTestServer(None) as silent:
+        sink: queue.Queue[Any] = queue.Queue()
+        desk = Collector.start(sink)
+        ref = start(silent.url, ProbingEndpoint(), probe_delay=30.0)
+        ref.tell(WsDelegatedRequest(13, req_frame(13), timeout=0.2, reply_to=desk))
+        assert isinstance(next_of(sink, WsOutcome).error, Unconfirmed)
+        silent.wait_for_open_connections(1)
+        silent.send_to_all(json.dumps({"id": 13, "result": "ok"}))
+        resolved = next_of(sink, WsResolved)
+        assert resolved.request_id == 13
+        assert resolved.executed is True
+        assert json.loads(resolved.response) == {"id": 13, "result": "ok"}
+        assert stats(ref).probes == 0
+
+
+# -- per-stream gap recovery -------------------------------------------------------------
+
+
+class SequencedEndpoint(JsonEndpoint):
+    def parse(self, frame: str | bytes) -> Any:
+        return json.loads(frame)
+
+    def sequence(self, message: Any) -> tuple[Any, int] | None:
+        if isinstance(message, dict) and "seq" in message:
+            return message["channel"], message["seq"]
+        return None
+
+
+def test_a_gap_resubscribes_only_that_stream_and_a_duplicate_is_dropped() -> None:
+    with WsTestServer(json_reply) as srv:
+        sink: queue.Queue[Any] = queue.Queue()
+        ref = start(srv.url, SequencedEndpoint(), inbound=Collector.start(sink))
+        for key, request_id in (("trades", 1), ("book", 2)):
+            ref.ask(
+                WsSubscribe(key, json.dumps({"id": request_id, "sub": key}), request_id=request_id),
+                timeout=10,
+            )
+        srv.wait_for_open_connections(1)
+        srv.clear_received()
+
+        def push(channel: str, seq: int) -> None:
+            srv.send_to_all(json.dumps({"channel": channel, "seq": seq}))
+
+        for seq in (1, 2, 3):
+            push("trades", seq)
+        push("book", 1)
+        push("trades", 5)  # 4 is missing
+        push("trades", 5)  # a duplicate
+        push("trades", 6)
+        told: list[Any] = []
+        while sum(isinstance(m, WsInbound) for m in told) < 6:
+            told.append(sink.get(timeout=10))
+        [gap] = [m for m in told if isinstance(m, WsGap)]
+        assert gap == WsGap("trades", 4, 5, resubscribed=True)
+        delivered = [m.message for m in told if isinstance(m, WsInbound)]
+        assert [(m["channel"], m["seq"]) for m in delivered] == [
+            ("trades", 1),
+            ("trades", 2),
+            ("trades", 3),
+            ("book", 1),
+            ("trades", 5),
+            ("trades", 6),
+        ]
+        resubscribed = srv.wait_for_received(1)
+        assert [json.loads(f)["sub"] for f in resubscribed] == ["trades"]  # not "book"
+        current = stats(ref)
+        assert current.gaps == 1
+        assert current.duplicates == 1
+        assert current.reconnects == 0  # without dropping the connection
+        assert not any(isinstance(m, WsConnected) and m.generation > 1 for m in told)
