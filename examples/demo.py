@@ -15,7 +15,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a clone
 
@@ -25,10 +25,13 @@ from pykka_ws import (
     WebSocketActor,
     WsConfirmMode,
     WsDelegatedError,
+    WsDelegatedOk,
     WsDelegatedRequest,
     WsEndpoint,
     WsGetStats,
     WsRequestMatch,
+    WsStats,
+    request,
 )
 from pykka_ws.testing import WsTestServer
 
@@ -60,7 +63,7 @@ def order(request_id: int, do: str = "confirm", qty: int = 1) -> str:
     return json.dumps({"id": request_id, "method": "buy", "qty": qty, "do": do})
 
 
-def show(label: str, started: float, outcome: Any) -> None:
+def show(label: str, started: float, outcome: WsDelegatedOk | WsDelegatedError) -> None:
     took = (time.monotonic() - started) * 1000
     if isinstance(outcome, WsDelegatedError):
         text = f"{type(outcome).__name__}: {outcome}"
@@ -69,13 +72,18 @@ def show(label: str, started: float, outcome: Any) -> None:
     print(f"{label:<16} {took:8.1f} ms  {text}", flush=True)
 
 
-def ask(ref: pykka.ActorRef[Any], label: str, request: WsDelegatedRequest) -> None:
+def ask(ref: pykka.ActorRef[Any], label: str, req: WsDelegatedRequest) -> None:
     started = time.monotonic()
+    outcome: WsDelegatedOk | WsDelegatedError
     try:
-        outcome = ref.ask(request)
+        outcome = request(ref, req)  # ref.ask(req), typed: returns the ok, raises the rest
     except WsDelegatedError as error:
         outcome = error
     show(label, started, outcome)
+
+
+def stats(ref: pykka.ActorRef[Any]) -> WsStats:
+    return cast("WsStats", ref.ask(WsGetStats()))  # pykka's ask is typed Any
 
 
 def main() -> None:
@@ -107,11 +115,11 @@ def main() -> None:
         # The server goes away: the frame can never be written.
         server.stop()
         deadline = time.monotonic() + 5
-        while ref.ask(WsGetStats()).state == "open" and time.monotonic() < deadline:
+        while stats(ref).state == "open" and time.monotonic() < deadline:
             time.sleep(0.01)
         ask(ref, "not delivered", WsDelegatedRequest(9, order(9), timeout=0.3))
 
-        print(f"stats: {ref.ask(WsGetStats()).outcomes}")
+        print(f"stats: {stats(ref).outcomes}")
     finally:
         ref.stop()
         server.stop()

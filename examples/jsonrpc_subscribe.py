@@ -10,30 +10,29 @@ drop the connection half way through.)
 
 What it shows:
 
-- `JsonRpcEndpoint`: a matcher that pairs ``{"id": n, "result": ...}`` and
-  ``{"id": n, "error": {...}}`` replies with requests by parsing the JSON,
-  and `rpc_request`, which fingerprints a request by its method and params
-  (not its id) so retries of the same call join instead of clashing.
+- `pykka_ws.jsonrpc`: `JsonRpcEndpoint` pairs ``{"id": n, "result": ...}``
+  and ``{"id": n, "error": {...}}`` replies with requests (an error is an
+  `EndpointRejected` naming its message and code) and hands every other
+  frame to the subscribers decoded, as a dict; `request` builds a call's
+  `WsDelegatedRequest`, `request_frame` and `notification` bare frames.
 - `SubscribingEndpoint`: its ``on_open()`` sends one ``public/subscribe``
   for every channel wanted so far, on every (re)connection: that is how the
   subscriptions come back after a reconnect.
 - A consumer pykka actor, given as ``inbound=``, that receives the
-  notifications and the connection events.
+  notifications (matched as dicts) and the connection events.
 - The exchange drops the connection; the actor reconnects, replays the
   subscriptions, and the notifications resume.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import sys
 import threading
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a clone
 
@@ -41,19 +40,19 @@ import pykka
 from exchange_server import ExchangeServer, threads_left
 
 from pykka_ws import (
+    EndpointRejected,
     WebSocketActor,
     WsBackoff,
-    WsConfirmMode,
     WsConnected,
     WsDelegatedError,
-    WsDelegatedRequest,
     WsDisconnected,
-    WsEndpoint,
     WsGetStats,
     WsInbound,
     WsLateResponse,
-    WsRequestMatch,
     WsSend,
+    WsStats,
+    jsonrpc,
+    request,  # ref.ask(req), typed: returns the WsDelegatedOk, raises the rest
 )
 
 TICKER = "ticker.BTC-PERPETUAL.100ms"
@@ -72,91 +71,7 @@ def say(text: str) -> None:
 # -- the endpoint ---------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Notification:
-    """A ``subscription`` message: what the consumer gets in `WsInbound.message`."""
-
-    channel: str
-    data: Any
-
-
-@dataclass(frozen=True, slots=True)
-class RpcReply:
-    """A reply that answers no pending request (e.g. to an ``on_open`` frame)."""
-
-    id: Any
-    result: Any = None
-    error: Any = None
-
-
-def decode(frame: str | bytes) -> dict[str, Any] | None:
-    """Return the JSON object in ``frame``, or None if it holds anything else."""
-    try:
-        message = json.loads(frame)
-    except ValueError:  # not JSON, or bytes that are not UTF-8
-        return None
-    return message if isinstance(message, dict) else None
-
-
-def rpc_fingerprint(method: str, params: Any) -> str:
-    """What a call asks for, without its id: equal calls get equal fingerprints."""
-    canonical = json.dumps([method, params], sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def rpc_request(
-    request_id: int | str,
-    method: str,
-    params: dict[str, Any],
-    *,
-    timeout: float | None = None,
-    confirm_mode: WsConfirmMode = WsConfirmMode.CONFIRMED,
-) -> WsDelegatedRequest:
-    """A JSON-RPC 2.0 call as a `WsDelegatedRequest` whose id is the call's id."""
-    frame = json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
-    return WsDelegatedRequest(
-        request_id,
-        frame,
-        fingerprint=rpc_fingerprint(method, params),
-        confirm_mode=confirm_mode,
-        timeout=timeout,
-    )
-
-
-class JsonRpcEndpoint(WsEndpoint):
-    """JSON-RPC 2.0: replies carry the request's id; the rest are notifications."""
-
-    def match_response(self, frame: str | bytes) -> WsRequestMatch | None:
-        message = decode(frame)
-        if message is None:
-            return None
-        request_id = message.get("id")
-        if isinstance(request_id, bool) or not isinstance(request_id, int | str):
-            return None  # a notification, or an error about no request ("id": null)
-        if "error" in message:
-            error = message["error"]
-            if isinstance(error, dict):
-                reason = f"{error.get('message', 'error')} (code {error.get('code')})"
-            else:
-                reason = str(error)
-            return WsRequestMatch(request_id, ok=False, message=reason)
-        if "result" in message:
-            return WsRequestMatch(request_id)
-        return None
-
-    def parse(self, frame: str | bytes) -> Notification | RpcReply | None:
-        message = decode(frame)
-        if message is None:
-            return None  # not for us: drop it
-        params = message.get("params")
-        if message.get("method") == "subscription" and isinstance(params, dict):
-            return Notification(str(params.get("channel")), params.get("data"))
-        if "id" in message:
-            return RpcReply(message["id"], message.get("result"), message.get("error"))
-        return None
-
-
-class SubscribingEndpoint(JsonRpcEndpoint):
+class SubscribingEndpoint(jsonrpc.JsonRpcEndpoint):
     """Replays every wanted channel on each (re)connection.
 
     `want` is called by the application's thread and ``on_open`` by the
@@ -182,14 +97,9 @@ class SubscribingEndpoint(JsonRpcEndpoint):
             return []
         # String ids never clash with the application's integer request ids.
         # The reply matches no pending request, so it reaches the consumer as
-        # an ordinary WsInbound (an RpcReply).
-        request = {
-            "jsonrpc": "2.0",
-            "id": f"on-open-{next(self._replays)}",
-            "method": "public/subscribe",
-            "params": {"channels": channels},
-        }
-        return [json.dumps(request)]
+        # an ordinary WsInbound (the decoded reply object).
+        request_id = f"on-open-{next(self._replays)}"
+        return [jsonrpc.request_frame(request_id, "public/subscribe", {"channels": channels})]
 
 
 # -- the consumer ---------------------------------------------------------------
@@ -235,7 +145,12 @@ class Consumer(pykka.ThreadingActor):
                 what = "reconnecting" if reconnecting else "giving up"
                 say(f"[consumer] connection {generation} lost ({describe(cause)}); {what}")
                 self.progress.bump(f"disconnected {generation}")
-            case WsInbound(message=Notification(channel=channel, data=data)):
+            case WsInbound(
+                message={
+                    "method": "subscription",
+                    "params": {"channel": str(channel), "data": data},
+                }
+            ):
                 key = (self.connection, channel)
                 self.seen[key] += 1
                 if self.seen[key] <= self.SHOW:
@@ -244,9 +159,7 @@ class Consumer(pykka.ThreadingActor):
                         f"seq {data.get('seq')} last_price {data.get('last_price')}"
                     )
                 self.progress.bump(f"{channel} on {self.connection}")
-            case WsInbound(message=RpcReply(id=str(reply_id), result=result)) if (
-                reply_id.startswith("on-open-")
-            ):
+            case WsInbound(message={"id": str(rid), "result": result}) if rid.startswith("on-open"):
                 say(f"[consumer] connection {self.connection}: on_open subscribed {result}")
                 self.progress.bump(f"on_open on {self.connection}")
             case WsInbound(message=other) | WsLateResponse(frame=other):
@@ -284,14 +197,21 @@ def main(argv: list[str]) -> int:
 
         say(f"2. subscribe {TRADES} with a confirmed request")
         endpoint.want(TRADES)  # first, so a reconnect replays it even if the reply is lost
-        ok = ws.ask(rpc_request(next(ids), "public/subscribe", {"channels": [TRADES]}))
-        reply = decode(ok.response or "") or {}
+        subscribe = jsonrpc.request(next(ids), "public/subscribe", {"channels": [TRADES]})
+        ok = request(ws, subscribe)
+        reply = json.loads(ok.response or "{}")
         say(f"   subscribe confirmed (request {ok.request_id}): {reply.get('result')}")
+        try:
+            request(ws, jsonrpc.request(next(ids), "public/no_such_method"))
+        except EndpointRejected as refused:  # the JSON-RPC error's message and code
+            say(
+                f"   an unknown method is refused (request {refused.request_id}): {refused.message}"
+            )
         progress.wait_for(f"{TRADES} on 1", at_least=Consumer.SHOW)
 
         say("3. the exchange drops the connection")
-        drop = {"jsonrpc": "2.0", "method": "public/test", "params": {"behaviour": "drop"}}
-        ws.tell(WsSend(json.dumps(drop)))  # fire and forget: there is no reply to wait for
+        # A JSON-RPC notification (no id: there is no reply to wait for), fire and forget.
+        ws.tell(WsSend(jsonrpc.notification("public/test", {"behaviour": "drop"})))
         progress.wait_for("disconnected 1")
 
         say("4. the actor reconnects and on_open replays both subscriptions")
@@ -301,7 +221,7 @@ def main(argv: list[str]) -> int:
         progress.wait_for(f"{TRADES} on 2", at_least=Consumer.SHOW)
         say("   notifications resumed on both channels")
 
-        stats = ws.ask(WsGetStats())
+        stats = cast("WsStats", ws.ask(WsGetStats()))  # pykka's ask is typed Any
         say(
             f"stats: state={stats.state} reconnects={stats.reconnects} "
             f"frames_in={stats.frames_in} frames_out={stats.frames_out} outcomes="

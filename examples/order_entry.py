@@ -10,7 +10,8 @@ to do with the order, through a "behaviour" field.)
 
 pykka-ws knows nothing about rate limits. Here an `OrderDesk` actor stands in
 front of the `WebSocketActor`: for each order it takes a permit from a token
-bucket, asks the WebSocket actor, and settles the permit by the outcome:
+bucket, tells the request to the WebSocket actor with ``reply_to`` set to
+itself, and settles the permit when the `WsOutcome` comes back:
 
     Denied            the limiter said no: nothing is sent
     Confirmed / sent  commit the permit
@@ -19,9 +20,9 @@ bucket, asks the WebSocket actor, and settles the permit by the outcome:
     NotDelivered      refund the permit: it never left this process, so it is
                       safe to retry with the same id
 
-The script places orders that end in each of these, retries the undelivered
-one with the same id, and reconciles the unconfirmed ones by asking the
-exchange what it holds.
+The script places orders that end in each of these, withdraws one that is
+still queued (`WsCancel`), retries an undelivered one with the same id, and
+reconciles the unconfirmed ones by asking the exchange what it holds.
 
 The limiter is a small token bucket written here rather than a library:
 pyrate-limiter (4.5) and limits (5.8) have no way to give a permit back.
@@ -35,16 +36,15 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a clone
 
 import pykka
 from exchange_server import ExchangeServer, threads_left
-from jsonrpc_subscribe import JsonRpcEndpoint, decode, rpc_request, say
+from jsonrpc_subscribe import say
 
 from pykka_ws import (
     EndpointRejected,
@@ -54,6 +54,7 @@ from pykka_ws import (
     Unconfirmed,
     WebSocketActor,
     WsBackoff,
+    WsCancel,
     WsConfirmMode,
     WsConnected,
     WsDelegatedError,
@@ -62,6 +63,10 @@ from pykka_ws import (
     WsDisconnected,
     WsGetStats,
     WsLateResponse,
+    WsOutcome,
+    WsStats,
+    jsonrpc,
+    request,
 )
 
 WAIT = 15.0  # seconds any step of the example may take before it gives up
@@ -88,14 +93,15 @@ class TokenBucket:
         self._refill()
         return int(self._tokens)
 
-    def try_acquire(self) -> bool:
+    def try_acquire(self) -> Permit | None:
+        """Take a permit, or return None if there is none."""
         self._refill()
         if self._tokens < 1:
-            return False
+            return None
         self._tokens -= 1
-        return True
+        return Permit(self)
 
-    def refund(self) -> None:
+    def put_back(self) -> None:
         self._refill()
         self._tokens = min(float(self.capacity), self._tokens + 1)
 
@@ -103,6 +109,27 @@ class TokenBucket:
         now = time.monotonic()
         elapsed, self._updated = now - self._updated, now
         self._tokens = min(float(self.capacity), self._tokens + elapsed * self.per_second)
+
+
+class Permit:
+    """One token taken from a `TokenBucket`: committed or refunded, exactly once."""
+
+    def __init__(self, bucket: TokenBucket) -> None:
+        self._bucket = bucket
+        self.state = "taken"
+
+    def commit(self) -> None:
+        self._settle("committed")
+
+    def refund(self) -> None:
+        self._settle("refunded")
+        self._bucket.put_back()
+
+    def _settle(self, state: str) -> None:
+        if self.state != "taken":
+            msg = f"a permit already {self.state} cannot be {state}"
+            raise RuntimeError(msg)
+        self.state = state
 
 
 # -- the desk -------------------------------------------------------------------
@@ -123,7 +150,7 @@ class Order:
     def label(self) -> str:
         return f"order-{self.order_id}"
 
-    def request(self) -> WsDelegatedRequest:
+    def request(self, reply_to: pykka.ActorRef[Any], context: Ticket) -> WsDelegatedRequest:
         params: dict[str, Any] = {
             "instrument_name": "BTC-PERPETUAL",
             "amount": self.amount,
@@ -134,13 +161,26 @@ class Order:
         if self.down_for is not None:
             params["down_for"] = self.down_for
         # The order id is the JSON-RPC id, so a retry is the same request.
-        return rpc_request(
+        return jsonrpc.request(
             self.order_id,
             "private/buy",
             params,
             timeout=self.timeout,
             confirm_mode=self.confirm_mode,
+            reply_to=reply_to,
+            context=context,
         )
+
+
+@dataclass(frozen=True)
+class Withdraw:
+    """Ask the desk to withdraw an order whose frame has not started writing (`WsCancel`).
+
+    ``desk.ask(Withdraw(n))`` returns a future of the WebSocket actor's answer:
+    True if the order was withdrawn (it then settles as `NotDelivered`).
+    """
+
+    order_id: int
 
 
 @dataclass(frozen=True)
@@ -163,13 +203,17 @@ class Settled:
     permit: str  # "committed", "refunded" or "none"
 
 
-@dataclass(frozen=True)
-class _Outcome:
-    """Told to the desk by a waiter thread when the WebSocket actor answered."""
+@dataclass(eq=False)
+class Ticket:
+    """An order in flight: the request's ``context``, handed back in its `WsOutcome`.
+
+    It carries all the desk needs to settle the order when the outcome comes:
+    the order, its permit, and the receipt to resolve.
+    """
 
     order: Order
-    outcome: Outcome
-    receipt: pykka.ThreadingFuture[Settled] = field(compare=False)
+    permit: Permit
+    receipt: pykka.ThreadingFuture[Settled] = field(repr=False)
 
 
 class OrderDesk(pykka.ThreadingActor):
@@ -178,96 +222,105 @@ class OrderDesk(pykka.ThreadingActor):
     ``desk.ask(order)`` returns at once with a receipt (a pykka future) that
     resolves to a `Settled` once the order's outcome is known.
 
-    Why not simply ``ws.ask(request)`` in the handler? pykka runs one message
-    at a time per actor, so a desk that blocks on the WebSocket actor
-    serializes the orders: a silent order would hold every later order for its
-    whole timeout. pykka futures have no completion callback, so the desk
-    asks with ``block=False`` and a few waiter threads wait for the outcomes
-    (each one ends by its request's deadline) and tell them back to the desk.
-    The permits are taken and settled only on the desk's own thread.
+    The desk never waits for the WebSocket actor: it *tells* each request with
+    ``reply_to=self.actor_ref`` and the order's `Ticket` as ``context``, and
+    the WebSocket actor tells it a `WsOutcome` when the request ends (every
+    request gets exactly one, by its deadline). So a silent order does not
+    hold up the next ones, and the desk needs no thread besides its own: the
+    permits are taken and settled on it, one message at a time.
     """
 
-    def __init__(self, ws: pykka.ActorRef[Any], bucket: TokenBucket, waiters: int = 4) -> None:
+    def __init__(self, ws: pykka.ActorRef[Any], bucket: TokenBucket) -> None:
         super().__init__()
         self.ws = ws
         self.bucket = bucket
         self.refunds = 0
-        self.waiters = ThreadPoolExecutor(waiters, thread_name_prefix="order-desk-waiter")
-
-    def on_stop(self) -> None:
-        self.waiters.shutdown(wait=True)
+        self.in_flight: set[Ticket] = set()
 
     def permits(self) -> tuple[int, int, int]:
         """Permits available, capacity, refunds so far (call through a proxy)."""
         return self.bucket.available, self.bucket.capacity, self.refunds
 
     def on_receive(self, message: Any) -> Any:
-        if isinstance(message, Order):
-            return self.place(message)
-        if isinstance(message, _Outcome):
-            return self.settle(message)
+        match message:
+            case Order():
+                return self.place(message)
+            case WsOutcome(context=Ticket() as ticket):
+                try:
+                    outcome: Outcome = message.result()
+                except WsDelegatedError as error:
+                    outcome = error
+                self.settle(ticket, outcome)
+            case Withdraw(order_id=order_id):
+                # Answered by the WebSocket actor: True if the frame had not
+                # started writing. The order's outcome (NotDelivered) comes
+                # back as a WsOutcome like any other.
+                return self.ws.ask(WsCancel(order_id), block=False)
         return None
+
+    def on_stop(self) -> None:
+        # Outcomes told to a stopped desk are dropped: say so to whoever waits.
+        for ticket in self.in_flight:
+            stopped = RuntimeError(f"the desk stopped before order {ticket.order.order_id} settled")
+            ticket.receipt.set_exception((RuntimeError, stopped, None))
 
     def place(self, order: Order) -> pykka.ThreadingFuture[Settled]:
         receipt: pykka.ThreadingFuture[Settled] = pykka.ThreadingFuture()
-        if not self.bucket.try_acquire():
+        permit = self.bucket.try_acquire()
+        if permit is None:
             denied = Denied(self.bucket.available, self.bucket.capacity)
-            self.settle(_Outcome(order, denied, receipt))
+            say(line(order, denied, "nothing sent: no permit"))
+            receipt.set(Settled(order, denied, "none"))
             return receipt
-        future = self.ws.ask(order.request(), block=False)
-        self.waiters.submit(self._wait, order, future, receipt)
+        ticket = Ticket(order, permit, receipt)
+        try:
+            self.ws.tell(order.request(reply_to=self.actor_ref, context=ticket))
+        except pykka.ActorDeadError as error:  # the WebSocket actor never saw it
+            self.settle(ticket, NotDelivered(str(error), request_id=order.order_id))
+        else:
+            self.in_flight.add(ticket)
         return receipt
 
-    def _wait(
-        self,
-        order: Order,
-        future: pykka.Future[Any],
-        receipt: pykka.ThreadingFuture[Settled],
-    ) -> None:
-        """On a waiter thread: wait for the outcome, tell it to the desk."""
-        outcome: Outcome
-        try:
-            outcome = future.get()  # pykka-ws gives every request an outcome by its deadline
-        except WsDelegatedError as error:
-            outcome = error
-        except pykka.ActorDeadError as error:  # the WebSocket actor never saw it
-            outcome = NotDelivered(str(error), request_id=order.order_id)
-        try:
-            self.actor_ref.tell(_Outcome(order, outcome, receipt))
-        except pykka.ActorDeadError:  # the desk stopped: nobody will settle it
-            stopped = RuntimeError(f"the desk stopped before order {order.order_id} settled")
-            receipt.set_exception((RuntimeError, stopped, None))
-
-    def settle(self, message: _Outcome) -> None:
-        order, outcome = message.order, message.outcome
-        permit = "committed"
+    def settle(self, ticket: Ticket, outcome: Outcome) -> None:
+        self.in_flight.discard(ticket)
+        order, permit = ticket.order, ticket.permit
         match outcome:
-            case Denied(permits=permits, capacity=capacity):
-                permit = "none"
-                name, note = "Denied", f"nothing sent: no permit ({permits} of {capacity} left)"
-            case WsDelegatedOk(confirmed=True, response=response):
-                result = (decode(response or "") or {}).get("result") or {}
-                exchange_id = result.get("order", {}).get("order_id")
-                name, note = "Confirmed", f"permit committed; exchange order {exchange_id}"
-            case WsDelegatedOk():
-                name, note = "sent", "permit committed; written (sent mode waits for no reply)"
-            case EndpointRejected(message=reason):
-                name, note = "EndpointRejected", f"permit committed; the exchange said: {reason}"
-            case Unconfirmed(written=written):
-                name = "Unconfirmed"
-                note = f"permit committed; reconcile: it may have reached the exchange ({written=})"
             case NotDelivered() | PayloadMismatch() | TooManyPending():
                 # None of these left the process: the permit was not spent.
-                self.bucket.refund()
+                permit.refund()
                 self.refunds += 1
-                permit, name = "refunded", type(outcome).__name__
                 note = f"refunded permit for order {order.order_id}"
-                if isinstance(outcome, NotDelivered):
-                    note += ": it never reached the exchange; safe to retry with the same id"
             case _:
-                name, note = type(outcome).__name__, f"permit committed: {outcome}"
-        say(f"order {order.order_id}  {name:<16}  {note}")
-        message.receipt.set(Settled(order, outcome, permit))
+                permit.commit()
+                note = "permit committed"
+        say(line(order, outcome, note))
+        ticket.receipt.set(Settled(order, outcome, permit.state))
+
+
+def line(order: Order, outcome: Outcome, permit: str) -> str:
+    """The line the desk prints for a settled order."""
+    match outcome:
+        case Denied(permits=permits, capacity=capacity):
+            name, note = "Denied", f" ({permits} of {capacity} left)"
+        case WsDelegatedOk(confirmed=True, response=response):
+            result = (jsonrpc.find_reply(response or "", order.order_id) or {}).get("result") or {}
+            exchange_id = result.get("order", {}).get("order_id")
+            name, note = "Confirmed", f"; exchange order {exchange_id}"
+        case WsDelegatedOk():
+            name, note = "sent", "; written (sent mode waits for no reply)"
+        case EndpointRejected(message=reason):
+            name, note = "EndpointRejected", f"; the exchange said: {reason}"
+        case Unconfirmed(written=written):
+            name = "Unconfirmed"
+            note = f"; reconcile: it may have reached the exchange ({written=})"
+        case NotDelivered():
+            name, note = (
+                "NotDelivered",
+                ": it never reached the exchange; safe to retry with the same id",
+            )
+        case _:
+            name, note = type(outcome).__name__, f": {outcome}"
+    return f"order {order.order_id}  {name:<16}  {permit}{note}"
 
 
 # -- the connection monitor -----------------------------------------------------
@@ -302,19 +355,24 @@ class Monitor(pykka.ThreadingActor):
 # -- the story ------------------------------------------------------------------
 
 
-def place(desk: pykka.ActorRef[Any], *orders: Order) -> list[Settled]:
+def give(desk: pykka.ActorRef[OrderDesk], order: Order) -> pykka.Future[Settled]:
+    """Give the desk an order; return its receipt at once."""
+    return cast("pykka.Future[Settled]", desk.ask(order))  # pykka's ask is typed Any
+
+
+def place(desk: pykka.ActorRef[OrderDesk], *orders: Order) -> list[Settled]:
     """Give the desk every order at once, then wait for all of them to settle."""
-    receipts = [desk.ask(order) for order in orders]
+    receipts = [give(desk, order) for order in orders]
     return [receipt.get(timeout=WAIT) for receipt in receipts]
 
 
 def reconcile(ws: pykka.ActorRef[Any], order: Order) -> None:
     """Ask the exchange whether it holds an order whose outcome was ambiguous."""
     params = {"label": order.label}
-    reply = ws.ask(
-        rpc_request(f"reconcile-{order.order_id}", "private/get_order_state_by_label", params)
-    )
-    held = (decode(reply.response or "") or {}).get("result") or []
+    request_id = f"reconcile-{order.order_id}"
+    state = jsonrpc.request(request_id, "private/get_order_state_by_label", params)
+    reply = request(ws, state)
+    held = (jsonrpc.find_reply(reply.response or "", request_id) or {}).get("result") or []
     if held:
         states = ", ".join(f"{o['order_id']} {o['order_state']}" for o in held)
         say(f"order {order.order_id}: the exchange holds it ({states}): it went through")
@@ -331,12 +389,12 @@ def main(argv: list[str]) -> int:
     monitor = Monitor.start(up, down)
     ws = WebSocketActor.start(
         url,
-        endpoint=JsonRpcEndpoint(),
+        endpoint=jsonrpc.JsonRpcEndpoint(),
         inbound=monitor,
         backoff=WsBackoff(initial=0.2, cap=0.5),  # quick reconnects for the demo
     )
     # 6 permits, then one every 20 s: the script takes a few seconds, so the
-    # 7th order finds none.
+    # last order finds none.
     bucket = TokenBucket(capacity=6, per_second=1 / 20)
     say(f"limiter: {bucket.capacity} permits, one more every {1 / bucket.per_second:.0f} s")
     desk = OrderDesk.start(ws, bucket)  # from here on only the desk touches the bucket
@@ -354,8 +412,8 @@ def main(argv: list[str]) -> int:
             Order(4, behaviour="silent", timeout=0.5),
         )
 
-        say("-- order 5: the exchange takes it, then drops the connection and is down for 2 s")
-        settled += place(desk, Order(5, behaviour="drop", down_for=2.0))
+        say("-- order 5: the exchange takes it, then drops the connection and is down for 3 s")
+        settled += place(desk, Order(5, behaviour="drop", down_for=3.0))
         if not down.wait(WAIT):
             say("the exchange did not drop the connection")
             return 1
@@ -363,18 +421,25 @@ def main(argv: list[str]) -> int:
         say("-- order 6 while the exchange is down: queued until its deadline")
         settled += place(desk, Order(6, timeout=0.5))
 
+        say("-- order 7 while the exchange is down, then withdrawn before it can be sent")
+        receipt = give(desk, Order(7, timeout=10.0))
+        answer = cast("pykka.Future[bool]", desk.ask(Withdraw(7)))
+        withdrawn = answer.get(timeout=WAIT)
+        settled.append(receipt.get(timeout=WAIT))
+        say(f"   WsCancel(7) answered {withdrawn}: its frame will never be sent")
+
         say("-- order 6 again, same id, with time to wait for the exchange to come back")
         settled += place(desk, Order(6, timeout=10.0))
 
-        say("-- order 7: no permit left")
-        settled += place(desk, Order(7))
+        say("-- order 8: no permit left")
+        settled += place(desk, Order(8))
 
         say("-- reconcile the unconfirmed orders")
         for item in settled:
             if isinstance(item.outcome, Unconfirmed):
                 reconcile(ws, item.order)
 
-        stats = ws.ask(WsGetStats())
+        stats = cast("WsStats", ws.ask(WsGetStats()))  # pykka's ask is typed Any
         say("ws outcomes: " + ", ".join(f"{k}={v}" for k, v in stats.outcomes.items() if v))
         available, capacity, refunds = desk.proxy().permits().get()
         say(f"permits left: {available} of {capacity}; refunded: {refunds}")

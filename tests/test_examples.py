@@ -1,4 +1,7 @@
-"""End to end: each example runs as a subprocess, as a reader would run it."""
+"""End to end: each example runs as a subprocess, as a reader would run it.
+
+One check runs the order desk in this process, to see which threads it uses.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +9,14 @@ import importlib.util
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from pykka_ws import Unconfirmed, WebSocketActor, request
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_TIMEOUT = 60.0
@@ -40,15 +46,21 @@ def line_index(output: str, pattern: str) -> int:
     pytest.fail(f"no line matches {pattern!r} in:\n{output}")
 
 
-def load_exchange_module() -> ModuleType:
+def load_example(name: str) -> ModuleType:
+    """Import ``examples/<name>.py`` (the examples import each other by plain name)."""
     spec = importlib.util.spec_from_file_location(
-        "example_exchange_server", ROOT / "examples" / "exchange_server.py"
+        f"example_{name}", ROOT / "examples" / f"{name}.py"
     )
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+def load_exchange_module() -> ModuleType:
+    return load_example("exchange_server")
 
 
 @pytest.fixture
@@ -71,13 +83,17 @@ def check_order_entry(output: str) -> None:
     refunded = line_index(output, r"^order 6\s+NotDelivered\s+refunded permit for order 6")
     retried = line_index(output, r"^order 6\s+Confirmed\s+permit committed")
     assert refunded < retried, output
-    line_index(output, r"^order 7\s+Denied\s+nothing sent: no permit")
+    # The order withdrawn while queued (WsCancel) is never sent: its permit comes back too.
+    withdrawn = line_index(output, r"^order 7\s+NotDelivered\s+refunded permit for order 7")
+    cancelled = line_index(output, r"^\s+WsCancel\(7\) answered True")
+    assert withdrawn < cancelled < retried, output
+    line_index(output, r"^order 8\s+Denied\s+nothing sent: no permit")
     line_index(output, r"^order 4: the exchange holds it")
     line_index(output, r"^order 5: the exchange holds it")
-    line_index(output, r"^permits left: 0 of 6; refunded: 1$")
+    line_index(output, r"^permits left: 0 of 6; refunded: 2$")
     # Each order settled exactly once (order 6 twice: the attempt and the retry).
     settled = re.findall(r"^order (\d+) ", output, flags=re.MULTILINE)
-    assert sorted(settled) == ["1", "2", "3", "4", "5", "6", "6", "7"], output
+    assert sorted(settled) == ["1", "2", "3", "4", "5", "6", "6", "7", "8"], output
     line_index(output, r"^threads left: none$")
 
 
@@ -109,6 +125,32 @@ def test_order_entry_against_a_given_url(exchange_url: str) -> None:
     output = run_example("order_entry.py", exchange_url)
     line_index(output, rf"^exchange: {re.escape(exchange_url)}$")
     check_order_entry(output)
+
+
+@pytest.mark.timeout(60)
+def test_order_desk_waits_for_outcomes_on_no_thread_of_its_own(
+    exchange_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))
+    example = load_example("order_entry")
+    ws = WebSocketActor.start(exchange_url, endpoint=example.jsonrpc.JsonRpcEndpoint())
+    # A first order through the WebSocket actor alone: its connection and
+    # timers (its threads) are up before the desk starts.
+    warm_up = example.jsonrpc.request(100, "public/test", timeout=10.0)
+    assert request(ws, warm_up).confirmed
+    before = set(threading.enumerate())
+    desk = example.OrderDesk.start(ws, example.TokenBucket(capacity=3, per_second=0.0))
+    silent = [example.Order(i, behaviour="silent", timeout=1.0) for i in (1, 2, 3)]
+    receipts = [desk.ask(order) for order in silent]
+    # Three outcomes outstanding: the desk's actor thread is the only new thread.
+    during = [t.name for t in set(threading.enumerate()) - before if t.is_alive()]
+    assert len(during) == 1, during
+    assert during[0].startswith("OrderDesk"), during
+    settled = [receipt.get(timeout=10) for receipt in receipts]
+    assert [type(s.outcome) for s in settled] == [Unconfirmed] * 3
+    assert [s.permit for s in settled] == ["committed"] * 3
+    desk.stop()
+    ws.stop()
 
 
 @pytest.mark.timeout(90)
