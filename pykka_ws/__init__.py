@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from pykka_ws._actor import WebSocketActor
-from pykka_ws._aio import ask_async, request
+from pykka_ws._aio import ask, ask_async, request
 from pykka_ws._endpoint import WsEndpoint
 from pykka_ws._errors import (
     EndpointRejected,
@@ -85,6 +85,7 @@ __all__ = [
     "WsSubscribe",
     "WsUnroute",
     "WsUnsubscribe",
+    "ask",
     "ask_async",
     "request",
 ]

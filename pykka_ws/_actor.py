@@ -316,7 +316,13 @@ class WebSocketActor(Routing, Recovery, Health, ConnectionLife, pykka.ThreadingA
     # -- requests -----------------------------------------------------------
 
     def _on_request(self, request: WsDelegatedRequest) -> Deferred:
-        deferred = self._core.request(request)
+        try:
+            deferred = self._core.request(request)
+        except Exception as exc:  # a bug: still, every waiter is told
+            self._internal_errors += 1
+            logger.exception("pykka-ws: internal error handling %r", request)
+            deferred = Deferred()
+            deferred.fail(exc)
         if request.reply_to is not None:
             deferred.add_waiter(
                 ReplyTo(request.reply_to, request.request_id, request.context, self._drops)

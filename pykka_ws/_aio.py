@@ -26,12 +26,16 @@ if TYPE_CHECKING:
         WsDelegatedRequest,
         WsGetStats,
         WsReconnect,
+        WsRoute,
         WsSend,
         WsStats,
+        WsSubscribe,
+        WsUnroute,
+        WsUnsubscribe,
     )
 
 
-__all__ = ["ask_async", "request"]
+__all__ = ["ask", "ask_async", "request"]
 
 
 def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
@@ -49,13 +53,51 @@ def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None
 
 
 @overload
-async def ask_async(ref: ActorRef[Any], message: WsDelegatedRequest) -> WsDelegatedOk: ...
+def ask(
+    ref: ActorRef[Any], message: WsDelegatedRequest | WsSubscribe, *, timeout: float | None = ...
+) -> WsDelegatedOk: ...
+@overload
+def ask(ref: ActorRef[Any], message: WsGetStats, *, timeout: float | None = ...) -> WsStats: ...
+@overload
+def ask(
+    ref: ActorRef[Any], message: WsCancel | WsReconnect, *, timeout: float | None = ...
+) -> bool: ...
+@overload
+def ask(
+    ref: ActorRef[Any], message: WsUnsubscribe, *, timeout: float | None = ...
+) -> WsDelegatedOk | None: ...
+@overload
+def ask(
+    ref: ActorRef[Any], message: WsSend | WsRoute | WsUnroute, *, timeout: float | None = ...
+) -> None: ...
+
+
+def ask(ref: ActorRef[Any], message: object, *, timeout: float | None = None) -> Any:
+    """Ask a `WebSocketActor` and wait: pykka's ``ask``, typed by message.
+
+    `WsDelegatedRequest` and `WsSubscribe` return a `WsDelegatedOk` (or
+    raise the outcome), `WsGetStats` a `WsStats`, `WsCancel` and
+    `WsReconnect` a bool, the rest None.
+
+    Raises:
+        pykka.Timeout: If ``timeout`` passed first.
+        pykka.ActorDeadError: If the actor is not running.
+    """
+    return ref.ask(message, block=True, timeout=timeout)
+
+
+@overload
+async def ask_async(
+    ref: ActorRef[Any], message: WsDelegatedRequest | WsSubscribe
+) -> WsDelegatedOk: ...
 @overload
 async def ask_async(ref: ActorRef[Any], message: WsGetStats) -> WsStats: ...
 @overload
 async def ask_async(ref: ActorRef[Any], message: WsCancel | WsReconnect) -> bool: ...
 @overload
-async def ask_async(ref: ActorRef[Any], message: WsSend) -> None: ...
+async def ask_async(ref: ActorRef[Any], message: WsUnsubscribe) -> WsDelegatedOk | None: ...
+@overload
+async def ask_async(ref: ActorRef[Any], message: WsSend | WsRoute | WsUnroute) -> None: ...
 @overload
 async def ask_async(ref: ActorRef[Any], message: object) -> Any: ...
 

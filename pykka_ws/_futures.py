@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeAlias
 
 import pykka
 
+from pykka_ws._errors import Unconfirmed, WsDelegatedError
 from pykka_ws._messages import WsOutcome
 
 if TYPE_CHECKING:
@@ -405,8 +406,18 @@ class ReplyTo:
         self._tell(WsOutcome(self.request_id, value, None, self.context))
 
     def set_exception_now(self, exc_info: OptExcInfo) -> None:
-        """Tell the failure."""
-        self._tell(WsOutcome(self.request_id, None, exc_info[1], self.context))  # type: ignore[arg-type]
+        """Tell the failure (always a `WsDelegatedError`)."""
+        error = exc_info[1]
+        if not isinstance(error, WsDelegatedError):
+            # Only a bug of pykka-ws gets here; the outcome is then unknown.
+            ambiguous = Unconfirmed(
+                f"request {self.request_id!r}: internal error ({error!r}); it may have been sent",
+                request_id=self.request_id,
+                written=False,
+            )
+            ambiguous.__cause__ = error
+            error = ambiguous
+        self._tell(WsOutcome(self.request_id, None, error, self.context))
 
     def _tell(self, outcome: WsOutcome) -> None:
         try:

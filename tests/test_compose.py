@@ -25,7 +25,6 @@ from pykka_ws import (
     WsDelegatedOk,
     WsDelegatedRequest,
     WsDisconnected,
-    WsEndpoint,
     WsGetStats,
     WsInbound,
     WsOutcome,
@@ -41,15 +40,20 @@ from pykka_ws import (
 )
 from pykka_ws.testing import WsTestServer
 
-from .support import Collector, JsonEndpoint, json_reply, next_of, req_frame, stats, wait_until
+from .support import (
+    FAST_BACKOFF_LOW_CAP,
+    Collector,
+    JsonEndpoint,
+    json_reply,
+    next_of,
+    req_frame,
+    start,
+    stats,
+    wait_state,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def start(url: str, endpoint: WsEndpoint | None = None, **kwargs: Any) -> pykka.ActorRef[Any]:
-    ref = WebSocketActor.start(url, endpoint=endpoint or JsonEndpoint(), **kwargs)
-    wait_until(lambda: stats(ref).state == "open", 10.0, "the connection to open")
-    return ref
 
 
 # -- reply_to and WsOutcome ---------------------------------------------------
@@ -323,7 +327,7 @@ def test_reconnect_while_connecting_is_refused_and_during_backoff_connects_now()
         )
         # A 503 and then a backoff wait of up to a minute (jittered): ended
         # at once by WsReconnect, unless the draw was short enough to pass.
-        wait_until(lambda: stats(ref).state == "backoff", 10, "the backoff")
+        wait_state(ref, "backoff", 10)
         before = stats(ref).attempts
         assert ref.ask(WsReconnect(), timeout=10) is True
         wait_until(lambda: stats(ref).attempts == before + 1, 10, "the attempt brought forward")
@@ -436,9 +440,7 @@ def test_subscribe_while_disconnected_is_sent_once_when_the_connection_opens() -
     srv.start()
     url = srv.url
     srv.stop()
-    ref = WebSocketActor.start(
-        url, endpoint=SubscribingEndpoint(), backoff=WsBackoff(initial=0.01, cap=0.05)
-    )
+    ref = WebSocketActor.start(url, endpoint=SubscribingEndpoint(), backoff=FAST_BACKOFF_LOW_CAP)
     pending = ref.ask(
         WsSubscribe("t", json.dumps({"id": 1, "subscribe": "t"}), request_id=1, timeout=10),
         block=False,
@@ -463,3 +465,31 @@ def test_route_and_subscribe_check_their_arguments() -> None:
         WsUnsubscribe("k", "frame")
     with pytest.raises(TypeError, match="route"):
         WsSubscribe("k", "f", request_id=1, route="x")  # type: ignore[arg-type]
+
+
+def test_typed_ask_returns_each_message_s_answer(server: WsTestServer) -> None:
+    from pykka_ws import ask  # noqa: PLC0415
+
+    ref = start(server.url)
+    ok = ask(ref, WsDelegatedRequest(1, req_frame(1)), timeout=10)
+    assert ok.confirmed is True
+    assert ask(ref, WsGetStats(), timeout=10).frames_out == 1
+    assert ask(ref, WsCancel(1), timeout=10) is False
+
+
+def test_an_internal_error_still_tells_reply_to_an_ambiguous_outcome(
+    server: WsTestServer, mocker: MockerFixture
+) -> None:
+    from pykka_ws._core import Core  # noqa: PLC0415
+
+    sink: queue.Queue[Any] = queue.Queue()
+    desk = Collector.start(sink)
+    ref = start(server.url)
+    broken = mocker.patch.object(Core, "request", side_effect=RuntimeError("a bug"))
+    ref.tell(WsDelegatedRequest(1, req_frame(1), reply_to=desk, context="c"))
+    outcome = next_of(sink, WsOutcome)
+    assert broken.call_count == 1
+    assert isinstance(outcome.error, Unconfirmed)
+    assert isinstance(outcome.error.__cause__, RuntimeError)
+    assert outcome.context == "c"
+    assert stats(ref).internal_errors == 1
