@@ -47,6 +47,7 @@ from pykka_ws._messages import (
     WsSubscribe,
     WsUnroute,
     WsUnsubscribe,
+    check_frame,
     check_timeout,
 )
 from pykka_ws._recovery import ProbeDone, ProbeDue, Recovery
@@ -232,6 +233,7 @@ class WebSocketActor(Routing, Recovery, Health, ConnectionLife, pykka.ThreadingA
 
         self._init_lifecycle()
         self._init_health()
+        self._answering = type(self._endpoint).answer is not WsEndpoint.answer
         self._init_recovery(check_timeout(probe_delay, "probe_delay"))
         self._expiry_timer: TimerHandle | None = None
         self._credit_timer: TimerHandle | None = None
@@ -422,11 +424,23 @@ class WebSocketActor(Routing, Recovery, Health, ConnectionLife, pykka.ThreadingA
             self._credit(message)
             return
         parsed = self._call_hook("parse", frame)
+        if parsed is not None and self._answering:
+            self._answer(parsed)
         if parsed is not None and (not self._sequenced or self._in_sequence(parsed)):
             subscribers = self._subscribers
             key = self._call_hook("route", parsed) if subscribers.routes else None
             subscribers.publish(WsInbound(frame, parsed), frame=True, key=key)
         self._credit(message)
+
+    def _answer(self, parsed: Any) -> None:
+        frames = self._call_hook("answer", parsed)
+        try:
+            for frame in frames:
+                self._core.send(check_frame(frame, "answer() frame"))
+        except TypeError:
+            self._hook_garbage("answer", type(frames).__name__)
+        if self._core.inflight is None:
+            self._flush()
 
     def _credit(self, message: Inbound) -> None:
         timer = self._subscribers.credit(message.sink)

@@ -66,6 +66,15 @@ class WsEndpoint:
         """
         return None
 
+    def answer(self, message: Any) -> Iterable[Frame]:  # noqa: ARG002
+        """Return frames to send in answer to a parsed inbound message (default: none).
+
+        For servers that send their own heartbeat (``test_request``,
+        ``{"op": "ping"}``) and expect a reply; the frames are sent like a
+        `WsSend`, in order with other traffic.
+        """
+        return ()
+
     def sequence(self, message: Any) -> tuple[Hashable, int] | None:  # noqa: ARG002
         """Return ``(stream key, number)`` for a parsed message of a sequenced stream.
 

@@ -20,7 +20,6 @@ from pykka_ws import (
     EndpointRejected,
     NotDelivered,
     WebSocketActor,
-    WsBackoff,
     WsConnected,
     WsDelegatedRequest,
     WsDisconnected,
@@ -30,11 +29,18 @@ from pykka_ws import (
 )
 from pykka_ws.testing import WsTestServer
 
-from .support import Collector, JsonEndpoint, json_reply, next_of, req_frame, stats, wait_until
+from .support import (
+    FAST_BACKOFF_LOW_CAP,
+    Collector,
+    JsonEndpoint,
+    json_reply,
+    next_of,
+    req_frame,
+    stats,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(60)
-
-FAST = WsBackoff(initial=0.01, cap=0.05)
 
 
 class AuthEndpoint(JsonEndpoint):
@@ -82,7 +88,10 @@ def test_a_rejected_login_closes_for_good_naming_the_request_and_the_reason() ->
     with WsTestServer(exchange_reply) as srv:
         sink: queue.Queue[Any] = queue.Queue()
         ref = WebSocketActor.start(
-            srv.url, endpoint=AuthEndpoint("wrong"), inbound=Collector.start(sink), backoff=FAST
+            srv.url,
+            endpoint=AuthEndpoint("wrong"),
+            inbound=Collector.start(sink),
+            backoff=FAST_BACKOFF_LOW_CAP,
         )
         order = ref.ask(WsDelegatedRequest(1, req_frame(1), timeout=10), block=False)
         lost = next_of(sink, WsDisconnected)
@@ -105,7 +114,7 @@ def test_an_unconfirmed_login_reconnects_with_backoff_and_logs_in_again() -> Non
         sink: queue.Queue[Any] = queue.Queue()
         endpoint = AuthEndpoint("silent")
         ref = WebSocketActor.start(
-            srv.url, endpoint=endpoint, inbound=Collector.start(sink), backoff=FAST
+            srv.url, endpoint=endpoint, inbound=Collector.start(sink), backoff=FAST_BACKOFF_LOW_CAP
         )
         lost = next_of(sink, WsDisconnected)
         assert isinstance(lost.cause, WsOpenFailed)
@@ -176,7 +185,7 @@ def test_heartbeats_give_round_trips_and_an_unanswered_one_fails_the_connection(
             inbound=Collector.start(sink),
             heartbeat=WsHeartbeat(0.05, Pings()),
             ping_interval=None,
-            backoff=FAST,
+            backoff=FAST_BACKOFF_LOW_CAP,
         )
         wait_until(lambda: stats(ref).rtt_p50 is not None, 10, "a round-trip sample")
         current = stats(ref)
@@ -201,7 +210,7 @@ def test_a_connection_with_no_inbound_frame_for_stale_after_is_replaced() -> Non
             inbound=Collector.start(sink),
             stale_after=0.2,
             ping_interval=None,
-            backoff=FAST,
+            backoff=FAST_BACKOFF_LOW_CAP,
         )
         assert next_of(sink, WsConnected).generation == 1
         opened_at = time.monotonic()
@@ -241,7 +250,10 @@ def test_each_attempt_after_a_failure_takes_the_next_url() -> None:
         sink: queue.Queue[Any] = queue.Queue()
         dead = _dead_url()
         ref = WebSocketActor.start(
-            [dead, srv.url], endpoint=JsonEndpoint(), inbound=Collector.start(sink), backoff=FAST
+            [dead, srv.url],
+            endpoint=JsonEndpoint(),
+            inbound=Collector.start(sink),
+            backoff=FAST_BACKOFF_LOW_CAP,
         )
         refused = next_of(sink, WsDisconnected)
         assert refused.was_open is False
@@ -294,7 +306,7 @@ def test_retry_after_on_a_503_is_honoured_and_the_subprotocol_is_reported(
         endpoint=JsonEndpoint(),
         inbound=Collector.start(sink),
         subprotocols=["v1.exchange", "v2.exchange"],
-        backoff=FAST,  # alone, it would retry within 10 ms
+        backoff=FAST_BACKOFF_LOW_CAP,  # alone, it would retry within 10 ms
     )
     refused = next_of(sink, WsDisconnected)
     assert refused.was_open is False
@@ -311,3 +323,22 @@ def test_url_must_be_one_or_a_sequence_of_urls() -> None:
         WebSocketActor.start(["ws://127.0.0.1:9", 5])  # type: ignore[list-item]
     with pytest.raises(ValueError, match="valid"):
         WebSocketActor.start(["ws://127.0.0.1:9", "http://x"])
+
+
+def test_a_server_heartbeat_is_answered_by_the_answer_hook() -> None:
+    class Answering(JsonEndpoint):
+        def parse(self, frame: str | bytes) -> Any:
+            return json.loads(frame)
+
+        def answer(self, message: Any) -> list[str]:
+            if isinstance(message, dict) and message.get("type") == "test_request":
+                return [json.dumps({"type": "heartbeat", "test_id": message["test_id"]})]
+            return []
+
+    with WsTestServer(None) as srv:
+        ref = WebSocketActor.start(srv.url, endpoint=Answering())
+        wait_until(lambda: stats(ref).state == "open", 10, "the connection")
+        srv.wait_for_open_connections(1)
+        srv.send_to_all(json.dumps({"type": "test_request", "test_id": "T1"}))
+        [answer] = srv.wait_for_received(1)
+        assert json.loads(answer) == {"type": "heartbeat", "test_id": "T1"}
