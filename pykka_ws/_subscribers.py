@@ -131,6 +131,9 @@ class Subscribers:
 
         Returns a timer to keep if it started polling (see `check`).
         """
+        if not self.owed and not self.watched:
+            sink.handled()  # nobody to wait for: the common fast path
+            return None
         if self.owed:
             if sink is self.owed_sink:
                 self.owed += 1
