@@ -254,7 +254,7 @@ class Core(Ledger):
         Returns False if it has started, was written, has ended, or is unknown.
         """
         entry = self.table.get(request_id)
-        if entry is None or entry.written:
+        if entry is None or entry.written or entry.sent_before:
             return False
         claim = entry.claim
         if claim is not None and self.claims.cancel(claim) != CANCELLED:
@@ -330,7 +330,8 @@ class Core(Ledger):
             if table_get(item.request_id) is not item:
                 continue  # ended already (a reply, a deadline)
             if state == DONE:
-                self._on_written(item)
+                if self._on_written(item):
+                    requeue.append(item)
             elif state == STARTED:
                 if item.resend and item.deadline > self.clock():
                     # Cut before its last byte: it never arrived whole. Again.
@@ -340,7 +341,10 @@ class Core(Ledger):
                     continue
                 self.table.remove(item)
                 self._end_not_delivered(item, "the write failed", error)
-            elif state == PENDING:
+            else:
+                # PENDING: never tried. (Not CANCELLED: every path that
+                # cancels a claim takes its entry out of the table or drops
+                # the claim first.)
                 self.claims.cancel(claim)
                 item.claim = None
                 requeue.append(item)
@@ -349,23 +353,28 @@ class Core(Ledger):
             self.queued += len(requeue)
         return error is not None and batch.generation == self.generation and self.open
 
-    def _on_written(self, entry: Entry) -> None:
+    def _on_written(self, entry: Entry) -> bool:
+        """An entry's frame was written; return True if it must be sent again (requeue it)."""
         entry.written = True
         if entry.confirm_mode is WsConfirmMode.SENT:
             self.table.remove(entry)
             self._end_sent(entry)
         elif entry.generation != self.generation or not self.open:
             if entry.resend == RESEND_WRITTEN:  # idempotent: its connection died; again
-                entry.written = False
-                entry.claim = None
-                self.resends += 1
-                self.queue.appendleft(entry)
-                self.queued += 1
-                return
+                self._send_again(entry)
+                return True
             self.table.remove(entry)
             self._end_unconfirmed(
                 entry, "its connection was lost before a reply could come", written=True
             )
+        return False
+
+    def _send_again(self, entry: Entry) -> None:
+        """An idempotent request written on a lost connection: queue it again."""
+        entry.written = False
+        entry.sent_before = True
+        entry.claim = None
+        self.resends += 1
 
     # -- replies ------------------------------------------------------------
 
@@ -441,13 +450,21 @@ class Core(Ledger):
             before = len(self.queue)
             deferred = self.request(part)
             gates.append((part, deferred))
-            if len(self.queue) > before:  # inserted: it was appended; it goes first
+            inserted = len(self.queue) > before
+            if inserted:  # it was appended; it goes first
                 items.append(self.queue.pop())
                 self.queued -= 1
             if self.table.get(part.request_id) is deferred:
                 # Inserted, or joined an attempt of the id still in flight:
                 # either way nothing queued goes before it has ended confirmed.
                 self.gates.add(part.request_id)
+                entry = deferred
+                if not inserted and not entry.written and entry.claim is None:
+                    # Joined one still queued behind other traffic: it goes
+                    # first, or the gate would wait on what it holds back.
+                    self.queue.remove(entry)
+                    self.queued -= 1
+                    items.append(entry)
         if items:
             self.queue.extendleft(reversed(items))
             self.queued += len(items)
@@ -478,7 +495,8 @@ class Core(Ledger):
                 if state == DONE and isinstance(item, Entry) and table_get(item.request_id) is item:
                     # Written, its batch_written still to come: it ends now
                     # as a written request on a lost connection does.
-                    self._on_written(item)
+                    if self._on_written(item):
+                        requeue.append(item)
                     continue
                 if state != CANCELLED:
                     continue
@@ -509,9 +527,7 @@ class Core(Ledger):
             again = [e for e in lost if e.resend == RESEND_WRITTEN]
             lost = [e for e in lost if e.resend != RESEND_WRITTEN]
             for entry in again:
-                entry.written = False
-                entry.claim = None
-            self.resends += len(again)
+                self._send_again(entry)
             self.queue.extendleft(reversed(again))
             self.queued += len(again)
         self._end_many(lost, "unconfirmed", "its connection was lost with no reply")
@@ -528,6 +544,13 @@ class Core(Ledger):
         ]
         self.queue.clear()
         self.queued = 0
+        sent_before = [e for e in queued if e.sent_before]
+        if sent_before:
+            queued = [e for e in queued if not e.sent_before]
+            self.table.remove_many(sent_before)
+            self._record_many(
+                sent_before, "unconfirmed", "an earlier attempt was written; no reconnect"
+            )
         self._end_many(queued, "not_delivered", "the actor will not reconnect")
 
     def stop(self) -> bool:
@@ -544,7 +567,7 @@ class Core(Ledger):
         stuck = inflight is not None and self.claims.cancel_all(inflight.claims)
         queued: list[Entry] = []
         for entry in self.table.drain():
-            if entry.claim is None and not entry.written:
+            if entry.claim is None and not entry.written and not entry.sent_before:
                 queued.append(entry)
             else:
                 self._classify_unfinished(entry, "the actor stopped")

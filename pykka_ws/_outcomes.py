@@ -153,7 +153,10 @@ class Ledger:
                 self._end_unconfirmed(entry, f"{why} while its write was under way", written=False)
                 return
             written = state == DONE
-        if not written:
+        if not written and entry.sent_before:
+            # Not written again yet, but an earlier attempt was: ambiguous.
+            self._end_unconfirmed(entry, f"{why}; an earlier attempt was written", written=True)
+        elif not written:
             self._end_not_delivered(entry, f"{why} before it was written")
         elif entry.confirm_mode is WsConfirmMode.SENT:
             self._end_sent(entry)

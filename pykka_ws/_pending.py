@@ -71,6 +71,7 @@ class Entry(Deferred):
         "heap_seq",
         "request_id",
         "resend",
+        "sent_before",
         "written",
     )
 
@@ -96,6 +97,7 @@ class Entry(Deferred):
         # RESEND_UNSENT (a frame that provably never left) or RESEND_WRITTEN
         # (also one written on a lost connection: idempotent).
         self.resend = NO_RESEND
+        self.sent_before = False  # an earlier attempt was written (idempotent re-send)
 
     def __repr__(self) -> str:
         return (
