@@ -1,13 +1,18 @@
+"""Fixtures shared by the tests (the helpers they use are in ``support.py``)."""
+
 from __future__ import annotations
 
+import queue
 from collections.abc import Iterator
+from typing import Any
 
 import pykka
 import pytest
+import trustme
 
 from pykka_ws.testing import WsTestServer
 
-from .support import JsonEndpoint, json_reply
+from .support import Collector, JsonEndpoint, json_reply
 
 
 @pytest.fixture(autouse=True)
@@ -18,6 +23,7 @@ def _stop_all_actors() -> Iterator[None]:
 
 @pytest.fixture
 def server() -> Iterator[WsTestServer]:
+    """A `WsTestServer` answering with `json_reply`."""
     with WsTestServer(json_reply) as srv:
         yield srv
 
@@ -25,3 +31,21 @@ def server() -> Iterator[WsTestServer]:
 @pytest.fixture
 def endpoint() -> JsonEndpoint:
     return JsonEndpoint()
+
+
+@pytest.fixture
+def sink() -> queue.Queue[Any]:
+    """The queue a `collector` puts what it is told on."""
+    return queue.Queue()
+
+
+@pytest.fixture
+def collector(sink: queue.Queue[Any]) -> pykka.ActorRef[Any]:
+    """An inbound subscriber (a `Collector`) that puts everything it is told on ``sink``."""
+    return Collector.start(sink)
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    """A certificate authority of the test module's own, trusted by nothing by default."""
+    return trustme.CA()

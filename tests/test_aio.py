@@ -22,17 +22,13 @@ from pykka_ws import (
 )
 from pykka_ws.testing import WsTestServer
 
-from .support import JsonEndpoint, req_frame, wait_until
+from .support import DEADLINE_SLACK, JsonEndpoint, req_frame, start, wait_until
 
 pytestmark = pytest.mark.timeout(20)
 
 
-def start(server: WsTestServer) -> pykka.ActorRef[Any]:
-    return WebSocketActor.start(server.url, endpoint=JsonEndpoint())
-
-
 def test_ask_async_returns_and_raises_outcomes_like_ask(server: WsTestServer) -> None:
-    ref = start(server)
+    ref = start(server.url, wait_open=False)
 
     async def main() -> tuple[Any, ...]:
         return await asyncio.gather(
@@ -49,7 +45,7 @@ def test_ask_async_returns_and_raises_outcomes_like_ask(server: WsTestServer) ->
 
 
 def test_awaiting_an_outcome_does_not_block_the_event_loop(server: WsTestServer) -> None:
-    ref = start(server)
+    ref = start(server.url, wait_open=False)
 
     async def main() -> int:
         ticks = 0
@@ -73,7 +69,7 @@ def test_awaiting_an_outcome_does_not_block_the_event_loop(server: WsTestServer)
 
 
 def test_cancelled_await_leaves_the_request_to_its_deadline(server: WsTestServer) -> None:
-    ref = start(server)
+    ref = start(server.url, wait_open=False)
 
     async def main() -> None:
         task = asyncio.create_task(
@@ -90,7 +86,7 @@ def test_cancelled_await_leaves_the_request_to_its_deadline(server: WsTestServer
 
 
 def test_ask_async_on_a_stopped_actor_raises_actor_dead_error(server: WsTestServer) -> None:
-    ref = start(server)
+    ref = start(server.url, wait_open=False)
     ref.stop()
     with pytest.raises(pykka.ActorDeadError):
         asyncio.run(ask_async(ref, WsGetStats()))
@@ -114,7 +110,6 @@ RACE_ROUNDS = 6  # alternately held (deterministic) and free (a real race)
 RACE_CALLS = 400  # at least this many ask_async calls per round, racing one stop()
 RACE_MAX_CALLS = 20 * RACE_CALLS  # bounds a round whose stop() is slow to return
 RACE_TIMEOUT = 1.0  # each request's own deadline
-SLACK = 3.0  # scheduling slack past a deadline (2 shared cores)
 HUNG = "hung"
 
 
@@ -141,7 +136,7 @@ def race_message(i: int) -> object:
 
 async def bounded_ask(ref: pykka.ActorRef[Any], message: object) -> object:
     try:
-        return await asyncio.wait_for(ask_async(ref, message), RACE_TIMEOUT + SLACK)
+        return await asyncio.wait_for(ask_async(ref, message), RACE_TIMEOUT + DEADLINE_SLACK)
     except TimeoutError:
         return HUNG
     except (pykka.ActorDeadError, WsDelegatedError) as exc:
@@ -210,7 +205,7 @@ async def free_race(ref: pykka.ActorRef[Any]) -> list[object]:
     return results
 
 
-@pytest.mark.timeout(RACE_ROUNDS * (RACE_TIMEOUT + SLACK) + 30)
+@pytest.mark.timeout(RACE_ROUNDS * (RACE_TIMEOUT + DEADLINE_SLACK) + 30)
 def test_ask_async_racing_stop_always_ends(server: WsTestServer) -> None:
     """Every awaited call ends, whether its message lands before, behind or after stop()."""
     calls = hung = dead = 0

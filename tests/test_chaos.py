@@ -54,12 +54,10 @@ from pykka_ws import (
     TooManyPending,
     Unconfirmed,
     WebSocketActor,
-    WsBackoff,
     WsConfirmMode,
     WsDelegatedOk,
     WsDelegatedRequest,
     WsGetStats,
-    WsLateResponse,
     WsSend,
     WsStats,
 )
@@ -73,11 +71,22 @@ from pykka_ws.testing import (
     WsTestServer,
 )
 
-from .support import JsonEndpoint, json_reply, req_frame, wait_no_library_threads, wait_until
+from .support import (
+    DEADLINE_SLACK,
+    FAST_BACKOFF,
+    JsonEndpoint,
+    Tally,
+    json_reply,
+    json_with_id,
+    pause,
+    req_frame,
+    wait_no_library_threads,
+    wait_state,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
-SLACK = 3.0  # seconds past a deadline an outcome may take (2 shared cores)
 CLIENT_MAX_SIZE = 32 * 1024
 MIN_TIMEOUT = 0.2
 MAX_TIMEOUT = 1.0
@@ -102,7 +111,6 @@ CHAOS_PLAN = FaultPlan(
     oversize=CLIENT_MAX_SIZE + 1,
 )
 CALM_PLAN = FaultPlan.only(Fault.CONFIRM)
-FAST = WsBackoff(initial=0.01, factor=2.0, cap=0.1)
 
 _NO_OUTCOME = object()  # no outcome by deadline + slack
 _FAILED_BEFORE_SENDING = (NotDelivered, PayloadMismatch, TooManyPending)
@@ -131,30 +139,9 @@ def reject(frame: Frame) -> Frame | None:
 
 
 def _request_id(frame: Frame) -> int | str | None:
-    try:
-        data = json.loads(frame)
-    except ValueError:
-        return None
-    if isinstance(data, dict) and isinstance(data.get("id"), int | str):
-        return data["id"]  # type: ignore[no-any-return]
-    return None
-
-
-class Counting(pykka.ThreadingActor):
-    """An inbound subscriber that counts what it is told, and the late responses' ids."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.counts: Counter[str] = Counter()
-        self.late: Counter[object] = Counter()
-
-    def on_receive(self, message: Any) -> Any:
-        if message == "counts":
-            return dict(self.counts), dict(self.late)
-        self.counts[type(message).__name__] += 1
-        if isinstance(message, WsLateResponse):
-            self.late[message.request_id] += 1
-        return None
+    data = json_with_id(frame)
+    request_id = None if data is None else data["id"]
+    return request_id if isinstance(request_id, int | str) else None
 
 
 # -- the run -------------------------------------------------------------------
@@ -272,7 +259,7 @@ def caller(
 
 def resolve(waiter: Waiter) -> None:
     assert waiter.future is not None
-    remaining = waiter.deadline + SLACK - time.monotonic()
+    remaining = waiter.deadline + DEADLINE_SLACK - time.monotonic()
     try:
         waiter.outcome = waiter.future.get(timeout=max(0.0, remaining))
     except pykka.Timeout:
@@ -313,12 +300,12 @@ def run_chaos(config: RunConfig, caplog: pytest.LogCaptureFixture) -> RunResult:
     limits = {"max_pending_requests": 28, "outbound_capacity": 26} if tight else {}
     print(f"limits: {limits or 'defaults'}")  # noqa: T201
     try:
-        counting = Counting.start()
+        counting = Tally.start()
         ref = WebSocketActor.start(
             server.url,
             endpoint=JsonEndpoint(on_open=['{"op": "auth"}']),
             inbound=counting,
-            backoff=FAST,
+            backoff=FAST_BACKOFF,
             open_timeout=2.0,
             write_timeout=0.5,
             close_timeout=0.2,
@@ -362,7 +349,7 @@ def run_chaos(config: RunConfig, caplog: pytest.LogCaptureFixture) -> RunResult:
 
         wait_until(lambda: time.monotonic() > last_deadline, MAX_TIMEOUT + 60, "the last deadline")
         try:
-            wait_until(drained, 10.0 + SLACK, "pending == 0 and queued == 0")
+            wait_until(drained, 10.0 + DEADLINE_SLACK, "pending == 0 and queued == 0")
         except pytest.fail.Exception:
             stats = ref.ask(WsGetStats(), timeout=10)
             problems.append(f"not drained after the last deadline: {stats}")
@@ -372,7 +359,7 @@ def run_chaos(config: RunConfig, caplog: pytest.LogCaptureFixture) -> RunResult:
         else:
             final_request = WsDelegatedRequest("final", '{"id": "final"}', timeout=10.0)
             try:
-                ok = ref.ask(final_request, timeout=10 + SLACK)
+                ok = ref.ask(final_request, timeout=10 + DEADLINE_SLACK)
                 if not (isinstance(ok, WsDelegatedOk) and ok.confirmed):
                     problems.append(f"a request after the run got {ok!r}")
             except Exception as exc:
@@ -442,7 +429,7 @@ def check_invariants(result: RunResult) -> tuple[list[str], int]:
         for waiter in op.waiters:
             outcome = waiter.outcome
             if outcome is _NO_OUTCOME:
-                problems.append(f"{label}: no outcome by its deadline + {SLACK} s")
+                problems.append(f"{label}: no outcome by its deadline + {DEADLINE_SLACK} s")
             elif not isinstance(outcome, _OUTCOME_TYPES):
                 problems.append(f"{label}: outcome outside the contract: {outcome!r}")
             elif isinstance(outcome, WsDelegatedOk):
@@ -601,11 +588,6 @@ def test_soak_under_chaos_keeps_every_invariant(caplog: pytest.LogCaptureFixture
 # name, are in test_connection.py.)
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
 @pytest.fixture(params=["untrusted-ca", "self-signed"])
 def untrusted_server(
     request: pytest.FixtureRequest, ca: trustme.CA, tmp_path: Path
@@ -629,8 +611,10 @@ def wss_url(server: WsTestServer) -> str:
 def test_wss_without_an_ssl_argument_refuses_an_untrusted_certificate(
     untrusted_server: WsTestServer,
 ) -> None:
-    ref = WebSocketActor.start(wss_url(untrusted_server), endpoint=JsonEndpoint(), backoff=FAST)
-    wait_until(lambda: ref.ask(WsGetStats(), timeout=10).state == "closed", 10, "the refusal")
+    ref = WebSocketActor.start(
+        wss_url(untrusted_server), endpoint=JsonEndpoint(), backoff=FAST_BACKOFF
+    )
+    wait_state(ref, "closed", 10)  # the refusal
     stats = ref.ask(WsGetStats(), timeout=10)
     assert "certificate" in (stats.last_error or "").lower(), stats.last_error
     with pytest.raises(NotDelivered):
@@ -645,8 +629,10 @@ def test_a_process_wide_https_verification_hack_does_not_turn_verification_off(
     # What some code does to make urllib skip verification, process-wide.
     monkeypatch.setattr(ssl, "_create_default_https_context", ssl._create_unverified_context)
     monkeypatch.setenv("PYTHONHTTPSVERIFY", "0")
-    ref = WebSocketActor.start(wss_url(untrusted_server), endpoint=JsonEndpoint(), backoff=FAST)
-    wait_until(lambda: ref.ask(WsGetStats(), timeout=10).state == "closed", 10, "the refusal")
+    ref = WebSocketActor.start(
+        wss_url(untrusted_server), endpoint=JsonEndpoint(), backoff=FAST_BACKOFF
+    )
+    wait_state(ref, "closed", 10)  # the refusal
     assert "certificate" in (ref.ask(WsGetStats(), timeout=10).last_error or "").lower()
     assert untrusted_server.connections_accepted == 0
 
@@ -658,7 +644,7 @@ def test_only_a_context_with_verification_explicitly_off_connects_to_an_untruste
     unverified.check_hostname = False
     unverified.verify_mode = ssl.CERT_NONE
     ref = WebSocketActor.start(
-        wss_url(untrusted_server), endpoint=JsonEndpoint(), backoff=FAST, ssl=unverified
+        wss_url(untrusted_server), endpoint=JsonEndpoint(), backoff=FAST_BACKOFF, ssl=unverified
     )
     ok = ref.ask(WsDelegatedRequest(1, req_frame(1), timeout=10.0), timeout=15)
     assert ok.confirmed
@@ -696,7 +682,7 @@ def test_proxy_environment_variables_do_not_divert_the_connection(
         monkeypatch.setenv(name.lower(), "http://127.0.0.1:9")
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
-    ref = WebSocketActor.start(server.url, endpoint=JsonEndpoint(), backoff=FAST)
+    ref = WebSocketActor.start(server.url, endpoint=JsonEndpoint(), backoff=FAST_BACKOFF)
     assert ref.ask(WsDelegatedRequest(1, req_frame(1), timeout=10.0), timeout=15).confirmed
     assert server.connections_accepted == 1
 
@@ -745,7 +731,7 @@ def test_a_redirect_is_never_followed_to_another_server(server: WsTestServer, sc
     # A hostile (or hijacked) endpoint redirecting the handshake elsewhere,
     # here to a server that would happily serve anyone.
     with redirecting_server(f"{scheme}://127.0.0.1:{server.port}/") as url:
-        ref = WebSocketActor.start(url, endpoint=JsonEndpoint(), backoff=FAST)
+        ref = WebSocketActor.start(url, endpoint=JsonEndpoint(), backoff=FAST_BACKOFF)
         wait_until(
             lambda: "302" in (ref.ask(WsGetStats(), timeout=10).last_error or ""),
             10,
@@ -776,7 +762,7 @@ def test_stop_with_writes_stuck_on_a_peer_that_stopped_reading_is_prompt_and_hon
             compression=None,
             ping_interval=None,
         )
-        wait_until(lambda: ref.ask(WsGetStats(), timeout=10).state == "open", 10, "open")
+        wait_state(ref, "open", 10)
         proxy.blackhole()
         pad = "x" * 2**20
         requests = [WsDelegatedRequest(i, req_frame(i, pad=pad), timeout=60.0) for i in range(24)]
@@ -790,7 +776,7 @@ def test_stop_with_writes_stuck_on_a_peer_that_stopped_reading_is_prompt_and_hon
             10,
             "frames handed over for writing",
         )
-        threading.Event().wait(0.5)
+        pause(0.5)
         started = time.monotonic()
         ref.stop(timeout=20)
         assert time.monotonic() - started < 5.0

@@ -5,8 +5,8 @@ from __future__ import annotations
 import itertools
 import queue
 import ssl
-import threading
 import time
+from functools import partial
 from typing import Any
 
 import pykka
@@ -18,7 +18,6 @@ from websockets.frames import CloseCode
 from pykka_ws import (
     NotDelivered,
     Unconfirmed,
-    WebSocketActor,
     WsBackoff,
     WsConfirmMode,
     WsConnected,
@@ -33,31 +32,28 @@ from pykka_ws import (
 from pykka_ws.testing import FaultProxy, WsTestServer
 
 from .support import (
+    FAST_BACKOFF_EARLY_RESET,
+    BlockingParse,
     Collector,
     JsonEndpoint,
     RecordingBackoff,
     inspectable,
     json_reply,
     next_of,
+    pause,
     req_frame,
     stats,
     wait_no_library_threads,
+    wait_state,
     wait_until,
 )
+from .support import start as start_actor
 
 pytestmark = pytest.mark.timeout(30)
 
-FAST = WsBackoff(initial=0.02, factor=2.0, cap=0.1, reset_after=5.0)
-
-
-def wait_state(ref: pykka.ActorRef[Any], state: str, timeout: float = 5.0) -> None:
-    wait_until(lambda: stats(ref).state == state, timeout, f"state {state!r}")
-
-
-def start(url: str, **kwargs: Any) -> pykka.ActorRef[Any]:
-    kwargs.setdefault("endpoint", JsonEndpoint())
-    kwargs.setdefault("backoff", FAST)
-    return WebSocketActor.start(url, **kwargs)
+# The actors here reconnect fast unless a test says otherwise, and start()
+# returns at once: a test waits for the state it needs.
+start = partial(start_actor, wait_open=False, backoff=FAST_BACKOFF_EARLY_RESET)
 
 
 # -- reconnect and state replay ---------------------------------------------
@@ -350,11 +346,6 @@ def test_dead_subscriber_is_dropped_and_the_actor_lives_on(server: WsTestServer)
 # -- TLS ----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
 def tls_server(ca: trustme.CA, *hosts: str) -> WsTestServer:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert(*hosts).configure_cert(context)
@@ -424,19 +415,6 @@ def test_stop_in_each_state_leaves_no_thread(server: WsTestServer, state: str) -
 # -- limits against a hostile peer ---------------------------------------------
 
 
-class BlockingParse(JsonEndpoint):
-    """parse() blocks the owner until released: the owner falls behind."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.release = threading.Event()
-        self.poll = threading.Event()  # never set: the test's polling interval
-
-    def parse(self, frame: str | bytes) -> Any:
-        self.release.wait(10)
-        return super().parse(frame)
-
-
 def test_flooding_peer_is_held_back_by_max_queue_and_nothing_is_lost(
     server: WsTestServer,
 ) -> None:
@@ -466,7 +444,7 @@ def test_flooding_peer_is_held_back_by_max_queue_and_nothing_is_lost(
         watch_until = time.monotonic() + 0.2
         while time.monotonic() < watch_until:
             assert inbox.qsize() <= max_queue  # type: ignore[attr-defined]
-            endpoint.poll.wait(0.01)
+            pause(0.01)
     finally:
         endpoint.release.set()
     seen = [next_of(sink, WsInbound).message["n"] for _ in range(500)]

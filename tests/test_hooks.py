@@ -22,6 +22,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import pykka
@@ -30,32 +31,32 @@ import pytest
 from pykka_ws import (
     EndpointRejected,
     Unconfirmed,
-    WebSocketActor,
-    WsBackoff,
     WsConnected,
     WsDelegatedOk,
     WsDelegatedRequest,
     WsDisconnected,
-    WsEndpoint,
     WsInbound,
     WsRequestMatch,
 )
 from pykka_ws.testing import WsTestServer
 
 from .support import (
+    DEADLINE_SLACK,
+    FAST_BACKOFF,
     Collector,
     JsonEndpoint,
     next_of,
+    pause,
     req_frame,
     stats,
     wait_no_library_threads,
+    wait_state,
     wait_until,
 )
+from .support import start as start_actor
 
 pytestmark = pytest.mark.timeout(60)
 
-FAST = WsBackoff(initial=0.01, factor=2.0, cap=0.1)
-SLACK = 3.0  # scheduling slack on 2 shared cores
 SLOW = 0.2  # seconds a slow hook takes
 
 
@@ -70,12 +71,9 @@ class Dying(pykka.ThreadingActor):
         raise HookError(f"subscriber fails on {message!r}")
 
 
-def start(url: str, endpoint: WsEndpoint, **kwargs: Any) -> pykka.ActorRef[Any]:
-    return WebSocketActor.start(url, endpoint=endpoint, backoff=FAST, **kwargs)
-
-
-def wait_open(ref: pykka.ActorRef[Any]) -> None:
-    wait_until(lambda: stats(ref).state == "open", 10, "the connection to open")
+# The actors here reconnect fast, and start() returns at once unless told to
+# wait for the connection to open.
+start = partial(start_actor, wait_open=False, backoff=FAST_BACKOFF)
 
 
 def confirmed(ref: pykka.ActorRef[Any], request_id: int | str) -> bool:
@@ -110,16 +108,6 @@ def assert_logged_with_traceback(records: list[logging.LogRecord], count: int) -
         assert record.exc_info[0] is HookError
 
 
-@pytest.fixture
-def sink() -> queue.Queue[Any]:
-    return queue.Queue()
-
-
-@pytest.fixture
-def collector(sink: queue.Queue[Any]) -> pykka.ActorRef[Any]:
-    return Collector.start(sink)
-
-
 @pytest.fixture(autouse=True)
 def _capture(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="pykka_ws")
@@ -136,8 +124,7 @@ class RaisingOnOpen(JsonEndpoint):
 def test_on_open_that_raises_is_counted_and_logged_once_per_connection(
     server: WsTestServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    ref = start(server.url, RaisingOnOpen())
-    wait_open(ref)
+    ref = start(server.url, RaisingOnOpen(), wait_open=True)
     assert confirmed(ref, 1)
     assert stats(ref).hook_errors == 1
     assert_logged_with_traceback(hook_records(caplog, "on_open"), 1)
@@ -168,8 +155,7 @@ def test_on_open_returning_garbage_sends_no_preamble_and_the_actor_goes_on(
         def on_open(self) -> Any:
             return _raising_generator() if garbage == "raising-generator" else garbage
 
-    ref = start(server.url, GarbageOnOpen())
-    wait_open(ref)
+    ref = start(server.url, GarbageOnOpen(), wait_open=True)
     assert confirmed(ref, 1)
     if isinstance(garbage, dict):
         # An iterable of str: its keys are frames. Legitimate, if odd.
@@ -222,7 +208,7 @@ def test_match_response_failing_leaves_the_request_to_its_deadline_and_passes_th
     next_of(sink, WsConnected)
     request = WsDelegatedRequest(1, req_frame(1), timeout=0.5)
     with pytest.raises(Unconfirmed):
-        ref.ask(request, timeout=0.5 + SLACK)
+        ref.ask(request, timeout=0.5 + DEADLINE_SLACK)
     # No match: the reply is an ordinary inbound frame, parsed and passed on.
     inbound = next_of(sink, WsInbound)
     assert json.loads(inbound.frame) == {"id": 1, "result": "ok"}
@@ -248,17 +234,16 @@ def test_match_response_failing_on_some_frames_only_costs_those_frames(
                 raise HookError("odd ids fail")
             return super().match_response(frame)
 
-    ref = start(server.url, Flaky())
-    wait_open(ref)
+    ref = start(server.url, Flaky(), wait_open=True)
     futures = {
         i: ref.ask(WsDelegatedRequest(i, req_frame(i), timeout=1.0), block=False) for i in range(10)
     }
     for i, future in futures.items():
         if i % 2:
             with pytest.raises(Unconfirmed):
-                future.get(timeout=1.0 + SLACK)
+                future.get(timeout=1.0 + DEADLINE_SLACK)
         else:
-            assert future.get(timeout=1.0 + SLACK).confirmed
+            assert future.get(timeout=1.0 + DEADLINE_SLACK).confirmed
     assert stats(ref).hook_errors == 5
     assert_logged_with_traceback(hook_records(caplog, "match_response"), 5)
 
@@ -270,8 +255,7 @@ def test_match_response_rejecting_with_a_garbage_message_still_rejects(
         def match_response(self, frame: str | bytes) -> WsRequestMatch | None:
             return WsRequestMatch(json.loads(frame)["id"], ok=False, message=12345)  # type: ignore[arg-type]
 
-    ref = start(server.url, OddMessage())
-    wait_open(ref)
+    ref = start(server.url, OddMessage(), wait_open=True)
     with pytest.raises(EndpointRejected) as info:
         ref.ask(WsDelegatedRequest(1, req_frame(1), timeout=5.0), timeout=10)
     assert "12345" in str(info.value)
@@ -307,7 +291,7 @@ def test_match_response_naming_an_id_no_request_can_have_is_garbage(
     next_of(sink, WsConnected)
     # Request ids are int (not bool) or str: no request can have this id.
     with pytest.raises(Unconfirmed):
-        ref.ask(WsDelegatedRequest(1, req_frame(1), timeout=0.5), timeout=0.5 + SLACK)
+        ref.ask(WsDelegatedRequest(1, req_frame(1), timeout=0.5), timeout=0.5 + DEADLINE_SLACK)
     assert json.loads(next_of(sink, WsInbound).frame) == {"id": 1, "result": "ok"}
     assert stats(ref).hook_errors == 1
     assert len(hook_records(caplog, "match_response")) == 1
@@ -327,8 +311,7 @@ def test_an_outcome_carries_the_requests_own_id_whatever_the_matcher_returns(
                 return WsRequestMatch(EqualInt(request_id))
             return WsRequestMatch(float(request_id))  # type: ignore[arg-type]
 
-    ref = start(server.url, OtherTypes())
-    wait_open(ref)
+    ref = start(server.url, OtherTypes(), wait_open=True)
     # An int subclass is an int id: it matches, and the outcome has the
     # request's own id, not the matcher's.
     ok = ref.ask(WsDelegatedRequest(1, req_frame(1), timeout=5.0), timeout=10)
@@ -340,7 +323,7 @@ def test_an_outcome_carries_the_requests_own_id_whatever_the_matcher_returns(
     # A float (even 2.0 == 2) is no request id: garbage, so no match; the
     # request ends at its deadline, with its own id too.
     with pytest.raises(Unconfirmed) as info:
-        ref.ask(WsDelegatedRequest(2, req_frame(2), timeout=0.5), timeout=0.5 + SLACK)
+        ref.ask(WsDelegatedRequest(2, req_frame(2), timeout=0.5), timeout=0.5 + DEADLINE_SLACK)
     assert type(info.value.request_id) is int
     assert info.value.request_id == 2
     assert stats(ref).hook_errors == 1
@@ -455,12 +438,11 @@ class SlowEverything(JsonEndpoint):
         super().__init__(on_open)
         self.calls: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._pause = threading.Event()  # never set: a plain, bounded pause
 
     def _slow(self, name: str) -> None:
         with self._lock:
             self.calls[name] = self.calls.get(name, 0) + 1
-        self._pause.wait(SLOW)
+        pause(SLOW)
 
     def on_open(self) -> list[str]:
         self._slow("on_open")
@@ -502,11 +484,13 @@ def test_slow_hooks_delay_outcomes_by_no_more_than_the_hook_time_queued_ahead(
     push(server, '{"push": 1}')  # parse and match_response: 2 * SLOW
     for request, future in [(early, early_future), *zip(requests, futures, strict=True)]:
         assert request.timeout is not None
-        remaining = request.created_at + request.timeout + backlog + SLACK - time.monotonic()
+        remaining = (
+            request.created_at + request.timeout + backlog + DEADLINE_SLACK - time.monotonic()
+        )
         outcome = future.get(timeout=max(0.0, remaining))
         assert isinstance(outcome, WsDelegatedOk)
         assert outcome.confirmed
-    remaining = silent.created_at + silent_timeout + backlog + SLACK - time.monotonic()
+    remaining = silent.created_at + silent_timeout + backlog + DEADLINE_SLACK - time.monotonic()
     with pytest.raises(Unconfirmed) as info:
         silent_future.get(timeout=max(0.0, remaining))
     assert info.value.written is True
@@ -569,8 +553,7 @@ def test_every_subscriber_dead_leaves_the_actor_working(
     server: WsTestServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     subscribers = [Dying.start() for _ in range(3)]
-    ref = start(server.url, JsonEndpoint(), inbound=subscribers)
-    wait_open(ref)
+    ref = start(server.url, JsonEndpoint(), inbound=subscribers, wait_open=True)
     wait_until(lambda: not any(s.is_alive() for s in subscribers), 10, "the subscribers to die")
     push(server, '{"push": 1}')
     assert confirmed(ref, 1)
@@ -590,7 +573,7 @@ def test_a_hook_that_stops_the_actor_ends_every_request_and_leaves_no_thread(
 
     ref = start(server.url, Stopper())
     refs.append(ref)
-    wait_open(ref)
+    wait_state(ref, "open", 10)
     written = ref.ask(WsDelegatedRequest(1, req_frame(1, "silent"), timeout=30.0), block=False)
     server.wait_for_received(1)
     push(server, '{"push": 1}')

@@ -24,7 +24,6 @@ from pykka_ws import (
     WsDelegatedOk,
     WsDelegatedRequest,
     WsDisconnected,
-    WsEndpoint,
     WsGetStats,
     WsInbound,
     WsLateResponse,
@@ -33,21 +32,18 @@ from pykka_ws import (
 from pykka_ws._writer import WsWriter
 from pykka_ws.testing import WsTestServer
 
-from .support import Collector, JsonEndpoint, json_reply, next_of, req_frame, stats, wait_until
+from .support import (
+    Collector,
+    JsonEndpoint,
+    json_reply,
+    next_of,
+    req_frame,
+    start,
+    stats,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def start(
-    url: str,
-    endpoint: WsEndpoint | None = None,
-    *,
-    actor: type[WebSocketActor] = WebSocketActor,
-    **kwargs: Any,
-) -> pykka.ActorRef[Any]:
-    ref = actor.start(url, endpoint=endpoint or JsonEndpoint(), **kwargs)
-    wait_until(lambda: stats(ref).state == "open", 10.0, "the connection to open")
-    return ref
 
 
 # -- a reply for a frame that never reached the socket confirms nothing -----
@@ -357,3 +353,29 @@ def test_many_requests_expiring_at_once_let_stats_through_between_slices() -> No
         # Some stats were answered after the first waiters were told their
         # outcome and before the last were: the work went in slices.
         assert any(0 < value < count for value in seen), sorted(set(seen))[:5]
+
+
+def test_stop_with_many_queued_answers_the_inbox_before_every_waiter_is_told(
+    server: WsTestServer,
+) -> None:
+    count = 20_000
+    ref = start(server.url, max_pending_requests=count, outbound_capacity=count)
+    server.stop()  # nothing is written: every request stays queued
+    wait_until(lambda: stats(ref).state != "open", 10, "the connection to be lost")
+    futures = [ref.ask(WsDelegatedRequest(i, req_frame(i)), block=False) for i in range(count)]
+    done = _track(futures, [])
+    wait_until(lambda: stats(ref).queued == count, 10, "every request queued")
+    stopping = ref.stop(block=False)
+    # Asked right behind the stop: pykka would answer it only after on_stop,
+    # that is after all 20,000 waiters were told.
+    behind = ref.ask(WsGetStats(), block=False)
+    seen: list[int] = []
+    behind.add_done_callback(lambda _v, _e: seen.append(len(done)))
+    with pytest.raises(pykka.ActorDeadError):
+        behind.get(timeout=30)
+    stopping.get(timeout=30)
+    for future in futures:
+        with pytest.raises(NotDelivered):
+            future.get(timeout=30)
+    assert len(done) == count
+    assert seen[0] < count, seen

@@ -10,18 +10,12 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from pykka_ws import WsConfirmMode
 from pykka_ws._pending import Insert, PendingTable, RecentIds
 
+from .support import FakeClock
+
 C = WsConfirmMode.CONFIRMED
 S = WsConfirmMode.SENT
 
 pytestmark = pytest.mark.timeout(60)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def new_table(limit: int = 10) -> tuple[PendingTable, FakeClock]:

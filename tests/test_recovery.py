@@ -6,20 +6,17 @@ import json
 import queue
 import threading
 from collections import Counter
+from functools import partial
 from typing import Any
 
-import pykka
 import pytest
 
 from pykka_ws import (
     NotDelivered,
     Unconfirmed,
-    WebSocketActor,
-    WsBackoff,
     WsConnected,
     WsDelegatedRequest,
     WsDisconnected,
-    WsEndpoint,
     WsGap,
     WsInbound,
     WsOutcome,
@@ -28,18 +25,23 @@ from pykka_ws import (
 )
 from pykka_ws.testing import FaultProxy, WsTestServer
 
-from .support import Collector, JsonEndpoint, json_reply, next_of, req_frame, stats, wait_until
+from .support import (
+    FAST_BACKOFF_LOW_CAP,
+    Collector,
+    JsonEndpoint,
+    json_reply,
+    next_of,
+    req_frame,
+    stats,
+    wait_until,
+)
+from .support import start as start_actor
 
 pytestmark = pytest.mark.timeout(60)
 
-FAST = WsBackoff(initial=0.01, cap=0.05)
-
-
-def start(url: str, endpoint: WsEndpoint | None = None, **kwargs: Any) -> pykka.ActorRef[Any]:
-    kwargs.setdefault("backoff", FAST)
-    ref = WebSocketActor.start(url, endpoint=endpoint or JsonEndpoint(), **kwargs)
-    wait_until(lambda: stats(ref).state == "open", 10.0, "the connection to open")
-    return ref
+# The actors here reconnect fast unless a test says otherwise; start() returns
+# once the connection is open.
+start = partial(start_actor, backoff=FAST_BACKOFF_LOW_CAP)
 
 
 # -- outcome-driven retry --------------------------------------------------------------

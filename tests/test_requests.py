@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+from functools import partial
 from typing import Any
 
 import pykka
@@ -21,7 +22,6 @@ from pykka_ws import (
     WsConfirmMode,
     WsDelegatedOk,
     WsDelegatedRequest,
-    WsEndpoint,
     WsRequestMatch,
     WsSend,
     WsSendRefused,
@@ -40,16 +40,14 @@ from .support import (
     wait_no_library_threads,
     wait_until,
 )
+from .support import start as start_actor
 
 pytestmark = pytest.mark.timeout(30)
 
 SENT = WsConfirmMode.SENT
 
-
-def start(url: str, endpoint: WsEndpoint | None = None, **kwargs: Any) -> pykka.ActorRef[Any]:
-    ref = WebSocketActor.start(url, endpoint=endpoint or JsonEndpoint(), **kwargs)
-    wait_until(lambda: stats(ref).state == "open", 5.0, "the connection to open")
-    return ref
+# start() returns once the connection is open, within 5 s.
+start = partial(start_actor, open_within=5.0)
 
 
 # -- the outcomes -----------------------------------------------------------

@@ -22,7 +22,6 @@ import gc
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import tracemalloc
 from collections import deque
@@ -35,7 +34,6 @@ import pytest
 
 from pykka_ws import (
     WebSocketActor,
-    WsBackoff,
     WsDelegatedRequest,
     WsEndpoint,
     WsRequestMatch,
@@ -43,19 +41,23 @@ from pykka_ws import (
 from pykka_ws.testing import WsTestServer
 
 from .support import (
+    FAST_BACKOFF,
+    BlockingParse,
     JsonEndpoint,
+    Tally,
     library_threads,
+    pause,
     req_frame,
     stats,
+    tally,
     wait_no_library_threads,
+    wait_state,
     wait_until,
 )
 
 pytestmark = pytest.mark.timeout(90)
 
-FAST = WsBackoff(initial=0.01, factor=2.0, cap=0.1)
 FD_DIR = Path("/proc/self/fd")
-_PAUSE = threading.Event()  # never set: waiting on it is a plain pause
 
 TOTAL = 100_000
 WARMUP = 20_000
@@ -181,7 +183,7 @@ def wait_for_descriptors(before: dict[str, str], timeout: float = 10.0) -> None:
             now = fd_targets()
             new = {fd: target for fd, target in now.items() if before.get(fd) != target}
             pytest.fail(f"{len(now) - len(before)} descriptor(s) leaked: {new}")
-        _PAUSE.wait(0.02)
+        pause(0.02)
 
 
 def test_100k_requests_leave_memory_flat() -> None:
@@ -191,7 +193,7 @@ def test_100k_requests_leave_memory_flat() -> None:
 
 def _run_100k(url: str) -> None:
     ref = WebSocketActor.start(url, endpoint=CountingEndpoint())
-    wait_until(lambda: stats(ref).state == "open", 10, "the connection to open")
+    wait_state(ref, "open", 10)
     window: deque[pykka.Future[Any]] = deque()
     baseline = 0
     started = time.monotonic()
@@ -228,8 +230,8 @@ def _run_100k(url: str) -> None:
 
 @pytest.mark.skipif(not FD_DIR.is_dir(), reason="needs /proc/self/fd")
 def test_100_dropped_connections_leak_no_descriptor_or_thread(server: WsTestServer) -> None:
-    ref = WebSocketActor.start(server.url, endpoint=JsonEndpoint(), backoff=FAST)
-    wait_until(lambda: stats(ref).state == "open", 10, "the connection to open")
+    ref = WebSocketActor.start(server.url, endpoint=JsonEndpoint(), backoff=FAST_BACKOFF)
+    wait_state(ref, "open", 10)
     assert ref.ask(WsDelegatedRequest(0, req_frame(0), timeout=5.0), timeout=10).confirmed
     fds_before, threads_before = fd_targets(), len(library_threads())
     for cycle in range(1, 101):
@@ -259,8 +261,8 @@ def test_100_start_and_stop_cycles_leak_no_descriptor_or_thread(server: WsTestSe
     fds_before = fd_targets()
     started = time.monotonic()
     for cycle in range(100):
-        ref = WebSocketActor.start(server.url, endpoint=JsonEndpoint(), backoff=FAST)
-        wait_until(lambda ref=ref: stats(ref).state == "open", 10, f"open {cycle}")  # type: ignore[misc]
+        ref = WebSocketActor.start(server.url, endpoint=JsonEndpoint(), backoff=FAST_BACKOFF)
+        wait_state(ref, "open", 10)
         if cycle % 10 == 0:
             request = WsDelegatedRequest(cycle, req_frame(cycle), timeout=5.0)
             assert ref.ask(request, timeout=10).confirmed
@@ -280,41 +282,6 @@ def test_100_start_and_stop_cycles_leak_no_descriptor_or_thread(server: WsTestSe
 # -- limits against a flooding server ----------------------------------------------------
 
 
-class Tally(pykka.ThreadingActor):
-    """An inbound subscriber that counts what it is told (bounded memory)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.counts: dict[str, int] = {}
-
-    def on_receive(self, message: Any) -> Any:
-        if message == "counts":
-            return dict(self.counts)
-        name = type(message).__name__
-        self.counts[name] = self.counts.get(name, 0) + 1
-        return None
-
-
-def tally(ref: pykka.ActorRef[Any], name: str) -> int:
-    counts = ref.ask("counts", timeout=10)
-    assert isinstance(counts, dict)
-    return int(counts.get(name, 0))
-
-
-class BlockedParse(JsonEndpoint):
-    """parse() holds the actor's thread until released: the actor falls behind."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    def parse(self, frame: str | bytes) -> Any:
-        self.entered.set()
-        self.release.wait(30)
-        return 1  # small: the subscriber need not hold the frames
-
-
 FLOOD_FRAMES = 20_000
 FLOOD_FRAME_SIZE = 1024
 FLOOD_MAX_QUEUE = 16
@@ -323,7 +290,7 @@ FLOOD_MAX_QUEUE = 16
 def test_a_flood_of_small_frames_while_the_actor_is_stuck_is_held_back_by_max_queue() -> None:
     # 20,000 frames of 1 KiB: ~20 MiB if the client buffered them. It may hold
     # max_queue frames in the inbox plus what websockets reads ahead (64 KiB).
-    endpoint = BlockedParse()
+    endpoint = BlockingParse(30, result=1)  # small: the subscriber need not hold the frames
     with child_server("flood", FLOOD_FRAMES, FLOOD_FRAME_SIZE, "none") as url:
         counter = Tally.start()
         gc.collect()
@@ -336,7 +303,7 @@ def test_a_flood_of_small_frames_while_the_actor_is_stuck_is_held_back_by_max_qu
             assert endpoint.entered.wait(10), "no frame reached the actor"
             # The server writes as fast as TCP lets it: a client without
             # flow control would take the whole flood in well under this.
-            _PAUSE.wait(1.5)
+            pause(1.5)
             stuck_at = tracemalloc.get_traced_memory()
             endpoint.release.set()
         finally:
@@ -368,7 +335,7 @@ def flood_peak(url: str, *, replaced: int) -> tuple[Any, Any, int]:
     try:
         baseline = tracemalloc.get_traced_memory()[0]
         ref = WebSocketActor.start(
-            url, endpoint=JsonEndpoint(), inbound=counter, backoff=FAST, max_size=64 * 1024
+            url, endpoint=JsonEndpoint(), inbound=counter, backoff=FAST_BACKOFF, max_size=64 * 1024
         )
         wait_until(
             lambda: stats(ref).reconnects >= replaced, 30, f"{replaced} connections replaced"

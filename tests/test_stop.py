@@ -24,6 +24,7 @@ import ssl
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any, Self
 
@@ -32,8 +33,6 @@ import pytest
 
 from pykka_ws import (
     NotDelivered,
-    WebSocketActor,
-    WsBackoff,
     WsDelegatedError,
     WsDelegatedOk,
     WsDelegatedRequest,
@@ -42,30 +41,37 @@ from pykka_ws._connection import Connection
 from pykka_ws.testing import WsTestServer
 
 from .support import (
+    FAST_BACKOFF_EARLY_RESET,
     JsonEndpoint,
     inspectable,
     library_threads,
+    pause,
     req_frame,
     stats,
     wait_no_library_threads,
+    wait_state,
     wait_until,
 )
+from .support import start as start_actor
 
 pytestmark = pytest.mark.timeout(60)
 
 CLOSE_TIMEOUT = 1.0
-SLACK = 0.5  # scheduling slack on a loaded machine; a fixed stop() takes milliseconds
+STOP_SLACK = 0.5  # scheduling slack on a loaded machine; a fixed stop() takes milliseconds
 OPEN_TIMEOUT = 10.0  # the default: what the old code made stop() wait for
 HUNG_HOST = "dns-never-answers.invalid"
 _PROC_TCP = Path("/proc/net/tcp")
 
 
-def start(url: str, **kwargs: Any) -> pykka.ActorRef[Any]:
-    kwargs.setdefault("endpoint", JsonEndpoint())
-    kwargs.setdefault("backoff", WsBackoff(initial=0.02, factor=2.0, cap=0.1, reset_after=5.0))
-    kwargs.setdefault("open_timeout", OPEN_TIMEOUT)
-    kwargs.setdefault("close_timeout", CLOSE_TIMEOUT)
-    return WebSocketActor.start(url, **kwargs)
+# The actors here reconnect fast and have the timeouts above unless a test
+# says otherwise; start() returns at once, whatever the connection does.
+start = partial(
+    start_actor,
+    wait_open=False,
+    backoff=FAST_BACKOFF_EARLY_RESET,
+    open_timeout=OPEN_TIMEOUT,
+    close_timeout=CLOSE_TIMEOUT,
+)
 
 
 def timed_stop(ref: pykka.ActorRef[Any]) -> float:
@@ -85,7 +91,7 @@ def timed_stop(ref: pykka.ActorRef[Any]) -> float:
 
 def assert_prompt(elapsed: float) -> None:
     print(f"stop() took {elapsed:.3f} s")  # noqa: T201 - the before/after numbers, with -s
-    assert elapsed < CLOSE_TIMEOUT + SLACK, f"stop() took {elapsed:.3f} s"
+    assert elapsed < CLOSE_TIMEOUT + STOP_SLACK, f"stop() took {elapsed:.3f} s"
 
 
 def ask_later(ref: pykka.ActorRef[Any], request_id: int) -> pykka.Future[Any]:
@@ -149,7 +155,7 @@ def test_stop_during_a_connect_that_never_answers_returns_in_time() -> None:
 
         with pytest.raises(NotDelivered):
             future.get(timeout=1)
-        wait_no_library_threads(CLOSE_TIMEOUT + SLACK)
+        wait_no_library_threads(CLOSE_TIMEOUT + STOP_SLACK)
         # The connect was abandoned: the socket is gone, not left retrying.
         assert _syn_sent_to(port) == already
 
@@ -162,10 +168,10 @@ def test_a_connect_that_never_answers_fails_at_open_timeout_and_is_retried() -> 
         wait_until(lambda: stats(ref).last_error is not None, 5.0, "the connect to time out")
         elapsed = time.monotonic() - started
         assert "timed out" in (stats(ref).last_error or "").lower()
-        assert 0.2 < elapsed < 0.3 + SLACK + 1.0
+        assert 0.2 < elapsed < 0.3 + STOP_SLACK + 1.0
         wait_until(lambda: _syn_sent_to(port) > already, 5.0, "the next attempt")
         assert_prompt(timed_stop(ref))
-        wait_no_library_threads(CLOSE_TIMEOUT + SLACK)
+        wait_no_library_threads(CLOSE_TIMEOUT + STOP_SLACK)
 
 
 def test_every_address_of_the_lookup_is_tried_in_turn(
@@ -243,7 +249,9 @@ def test_stop_during_a_dns_lookup_that_never_answers_returns_in_time(
     # The documented exception: getaddrinfo() cannot be interrupted, so the
     # connector (a daemon thread) is still in it; every other thread is gone.
     wait_until(
-        lambda: library_threads() == connector_threads(), CLOSE_TIMEOUT + SLACK, "other threads"
+        lambda: library_threads() == connector_threads(),
+        CLOSE_TIMEOUT + STOP_SLACK,
+        "other threads",
     )
     assert connector_threads()
     assert not hung_lookup.returned.is_set()
@@ -262,7 +270,7 @@ def test_stop_right_after_start_with_a_hung_lookup_returns_at_once(
     ref = start(f"ws://{HUNG_HOST}:{server.port}")
     elapsed = timed_stop(ref)
     assert_prompt(elapsed)
-    assert elapsed < SLACK  # not even close_timeout: nothing to wait for
+    assert elapsed < STOP_SLACK  # not even close_timeout: nothing to wait for
     hung_lookup.release.set()
     wait_no_library_threads(5.0)
     assert server.connections_accepted == 0
@@ -320,7 +328,7 @@ def test_stop_during_a_handshake_that_is_never_answered_returns_in_time(scheme: 
 
         with pytest.raises(NotDelivered):
             future.get(timeout=1)
-        wait_no_library_threads(CLOSE_TIMEOUT + SLACK)
+        wait_no_library_threads(CLOSE_TIMEOUT + STOP_SLACK)
 
 
 # -- a clean stop logs no ERROR --------------------------------------------------
@@ -333,7 +341,8 @@ class ReadThenWait:
     data read from the socket and not yet fed to the protocol, while another
     thread closes the connection (``close_socket()``, which ends the
     protocol's stream). The wait is bounded and polls a flag, as
-    ``support.wait_until`` does.
+    ``support.wait_until`` does (it runs on websockets' thread: it must not
+    fail the test).
     """
 
     def __init__(self, connection: Connection) -> None:
@@ -347,9 +356,8 @@ class ReadThenWait:
         if data and not self.read.is_set():
             self.read.set()
             deadline = time.monotonic() + 10.0
-            pause = threading.Event()
             while not self._connection.protocol.reader.eof and time.monotonic() < deadline:
-                pause.wait(0.005)
+                pause(0.005)
             self.late = self._connection.protocol.reader.eof
         return data
 
@@ -376,7 +384,7 @@ def test_stop_while_the_receiving_thread_holds_unread_data_logs_no_error(
         ping_interval=None,
         close_timeout=0.2,  # close() gives up on the stuck reader, then closes the socket
     )
-    wait_until(lambda: stats(ref).state == "open", 5.0, "the connection")
+    wait_state(ref, "open", 5.0)
     connection = instances[0]._connection  # to force the race
     assert connection is not None
     gate = ReadThenWait(connection)
@@ -394,7 +402,7 @@ def test_stop_while_the_receiving_thread_holds_unread_data_logs_no_error(
 
 def _traffic_then_racing_stops(server: WsTestServer, pad: str) -> None:
     ref = start(server.url, ping_interval=None, close_timeout=0.2)
-    wait_until(lambda: stats(ref).state == "open", 5.0, "the connection")
+    wait_state(ref, "open", 5.0)
     futures: list[pykka.Future[Any]] = []
 
     def traffic(base: int) -> None:

@@ -8,7 +8,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -31,6 +31,8 @@ from pykka_ws.testing import (
     WsTestServer,
 )
 
+from .support import wait_until
+
 PREFIX = "pykka-ws-testing-"
 
 
@@ -49,15 +51,6 @@ def client(url: str, **kwargs: Any) -> ClientConnection:
 
 def handler_threads() -> list[str]:
     return [name for name in helper_threads() if name.startswith(PREFIX + "handler")]
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll a condition with a deadline (for state we cannot wait on)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout}s")
-        threading.Event().wait(0.01)
 
 
 @pytest.fixture(autouse=True)
