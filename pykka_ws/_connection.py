@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from pykka import ActorRef
     from websockets.client import ClientProtocol
-    from websockets.protocol import Event
+    from websockets.protocol import Event, Protocol
 
 __all__ = [
     "Closed",
@@ -46,6 +46,7 @@ __all__ = [
     "Pong",
     "RedactingLogger",
     "Sink",
+    "discard_data_after_close",
 ]
 
 logger = logging.getLogger("pykka_ws")
@@ -188,7 +189,7 @@ class Connection(ClientConnection):
         self._sink = sink
         self._fragments: list[bytes] = []
         self._fragments_text = False
-        _discard_data_after_close(protocol)  # before the receiving thread starts
+        discard_data_after_close(protocol)  # before the receiving thread starts
         super().__init__(sock, protocol, **kwargs)
         self.recv_events_thread.name = f"pykka-ws-recv-{sink.generation}"
 
@@ -283,7 +284,7 @@ class Connection(ClientConnection):
                 thread.join()
 
 
-def _discard_data_after_close(protocol: ClientProtocol) -> None:
+def discard_data_after_close(protocol: Protocol) -> None:
     """Let ``protocol`` drop data that arrives once its connection is closed.
 
     websockets' receiving thread reads from the socket, then takes the

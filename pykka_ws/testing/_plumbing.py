@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from websockets.sync.server import Server, ServerConnection, serve
 
+from pykka_ws._connection import discard_data_after_close
 from pykka_ws.testing._common import (
     _LOGGER_NAME,
     _THREAD_PREFIX,
@@ -96,6 +97,11 @@ class _TrackedConnection(ServerConnection):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # Set before super().__init__(), which starts the reader thread.
         self.ws_test_state = _ConnState()
+        # A socket closed under the receiving thread (stop(), an abrupt
+        # close) must not log websockets' "unexpected internal error".
+        protocol = kwargs.get("protocol", args[1] if len(args) > 1 else None)
+        if protocol is not None:
+            discard_data_after_close(protocol)
         super().__init__(*args, **kwargs)
         self.hooks.created(self)
 
