@@ -318,6 +318,15 @@ class WebSocketActor(Routing, Recovery, Health, ConnectionLife, pykka.ThreadingA
     # -- requests -----------------------------------------------------------
 
     def _on_request(self, request: WsDelegatedRequest) -> Deferred:
+        """A caller's request (a user's: probed if it ends Unconfirmed)."""
+        fresh = self._probing and request.request_id not in self._core.table
+        deferred = self._submit(request)
+        if fresh and self._core.table.get(request.request_id) is deferred:
+            self._watch_for_probe(request, deferred)  # once per inserted request
+        return deferred
+
+    def _submit(self, request: WsDelegatedRequest) -> Deferred:
+        """Hand a request to the core (the actor's own requests come in here too)."""
         try:
             deferred = self._core.request(request)
         except Exception as exc:  # a bug: still, every waiter is told
@@ -325,16 +334,21 @@ class WebSocketActor(Routing, Recovery, Health, ConnectionLife, pykka.ThreadingA
             logger.exception("pykka-ws: internal error handling %r", request)
             deferred = Deferred()
             deferred.fail(exc)
+        self._tell_reply_to(request, deferred)
+        try:
+            self._schedule_expiry()
+            if self._core.inflight is None:
+                self._flush()
+        except Exception:  # a bug after the request was queued: it goes on
+            self._internal_errors += 1
+            logger.exception("pykka-ws: internal error after queueing %r", request)
+        return deferred
+
+    def _tell_reply_to(self, request: WsDelegatedRequest, deferred: Deferred) -> None:
         if request.reply_to is not None:
             deferred.add_waiter(
                 ReplyTo(request.reply_to, request.request_id, request.context, self._drops)
             )
-        if self._probing:
-            self._watch_for_probe(request, deferred)
-        self._schedule_expiry()
-        if self._core.inflight is None:
-            self._flush()
-        return deferred
 
     def _on_cancel(self, message: WsCancel) -> bool:
         return self._core.cancel(message.request_id)
@@ -420,7 +434,7 @@ class WebSocketActor(Routing, Recovery, Health, ConnectionLife, pykka.ThreadingA
         self._frames_in += 1
         self._bytes_in += message.size
         match = self._call_hook("match_response", frame)
-        if match is not None and self._on_matches(match, frame):
+        if match is not None and self._on_matches(match, frame, message.generation):
             self._credit(message)
             return
         parsed = self._call_hook("parse", frame)
@@ -450,21 +464,21 @@ class WebSocketActor(Routing, Recovery, Health, ConnectionLife, pykka.ThreadingA
     def _on_credit_check(self, _message: CreditCheck) -> None:
         self._credit_timer = self._subscribers.check()
 
-    def _on_matches(self, match: object, frame: Frame) -> bool:
+    def _on_matches(self, match: object, frame: Frame, generation: int) -> bool:
         """Complete the requests a frame's matches name; return whether all were replies.
 
         A batch reply (a sequence of matches) completes each of its ids; if
         any answers no request, the frame is passed on as inbound too.
         """
         if isinstance(match, WsRequestMatch):  # a NamedTuple: before the tuple test
-            return self._on_match(match, frame)
+            return self._on_match(match, frame, generation)
         if isinstance(match, list | tuple) and all(isinstance(m, WsRequestMatch) for m in match):
-            answered = [self._on_match(one, frame) for one in match]  # every one, in order
+            answered = [self._on_match(one, frame, generation) for one in match]  # in order
             return bool(answered) and all(answered)
         self._hook_garbage("match_response", match)
         return False
 
-    def _on_match(self, match: WsRequestMatch, frame: Frame) -> bool:
+    def _on_match(self, match: WsRequestMatch, frame: Frame, generation: int | None = None) -> bool:
         """Complete the request a reply matches; return whether it was one."""
         request_id = match.request_id
         if (
@@ -484,6 +498,7 @@ class WebSocketActor(Routing, Recovery, Health, ConnectionLife, pykka.ThreadingA
             ok=match.ok,
             message=reason,
             rate_limit_feedback=match.rate_limit_feedback,
+            generation=generation,
         )
         if late is NOT_A_REPLY:
             return False

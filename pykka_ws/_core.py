@@ -66,12 +66,13 @@ NOT_A_REPLY: Any = object()
 class SendItem:
     """A `WsSend` frame (or an ``on_open`` frame) in the outbound queue."""
 
-    __slots__ = ("claim", "frame", "preamble")
+    __slots__ = ("behind_gate", "claim", "frame", "preamble")
 
-    def __init__(self, frame: Frame, *, preamble: bool = False) -> None:
+    def __init__(self, frame: Frame, *, preamble: bool = False, behind_gate: bool = False) -> None:
         self.frame = frame
         self.claim: Claim | None = None
-        self.preamble = preamble
+        self.preamble = preamble  # a connection's own frame: dropped with it
+        self.behind_gate = behind_gate  # sent only once the on_open requests are confirmed
 
 
 Item = Entry | SendItem
@@ -294,7 +295,7 @@ class Core(Ledger):
 
     def _is_preamble(self, item: Item) -> bool:
         if isinstance(item, SendItem):
-            return item.preamble
+            return item.preamble and not item.behind_gate
         return item.request_id in self.gates or self.table.get(item.request_id) is not item
 
     def batch_written(
@@ -340,7 +341,12 @@ class Core(Ledger):
                     requeue.append(item)
                     continue
                 self.table.remove(item)
-                self._end_not_delivered(item, "the write failed", error)
+                if item.sent_before:  # an earlier attempt was written: ambiguous
+                    self._end_unconfirmed(
+                        item, "its re-send failed; an earlier attempt was written", written=True
+                    )
+                else:
+                    self._end_not_delivered(item, "the write failed", error)
             else:
                 # PENDING: never tried. (Not CANCELLED: every path that
                 # cancels a claim takes its entry out of the table or drops
@@ -386,6 +392,7 @@ class Core(Ledger):
         ok: bool = True,
         message: str = "",
         rate_limit_feedback: Any = None,
+        generation: int | None = None,
     ) -> Any:
         """A reply matched to ``request_id`` arrived.
 
@@ -400,7 +407,12 @@ class Core(Ledger):
         claim = entry.claim
         # No lock: if the writer starts it just after this read, it still
         # had not started when the reply (received before) was read.
-        if not entry.written and (claim is None or not claim.started):
+        if (not entry.written and (claim is None or not claim.started)) or (
+            generation is not None and entry.generation != generation
+        ):
+            # (Or read on another connection than the one its frame went
+            # out on: a reply from a connection we dropped, for an id sent
+            # again on this one, is not this frame's reply.)
             # Its frame has not reached the socket (still queued, or its
             # claim is PENDING): this cannot be its reply (a stale reply to
             # an earlier use of the id, a spoof, a server bug). It confirms
@@ -430,7 +442,10 @@ class Core(Ledger):
     # -- the connection -----------------------------------------------------
 
     def opened(
-        self, generation: int, preamble: list[Frame | WsDelegatedRequest]
+        self,
+        generation: int,
+        preamble: list[Frame | WsDelegatedRequest],
+        behind_gate: list[Frame] | None = None,
     ) -> list[tuple[WsDelegatedRequest, Deferred]]:
         """The connection of ``generation`` opened; ``preamble`` goes first, in order.
 
@@ -438,6 +453,9 @@ class Core(Ledger):
         queued after them is written until each has ended confirmed (the
         caller watches the returned deferreds, calls `ungate` for each
         confirmed one, and fails the connection for any other outcome).
+        ``behind_gate`` frames (replayed subscriptions) follow the preamble,
+        once the gate is open: a venue refuses private subscriptions before
+        the login is confirmed.
         """
         self.generation = generation
         self.open = True
@@ -465,6 +483,7 @@ class Core(Ledger):
                     self.queue.remove(entry)
                     self.queued -= 1
                     items.append(entry)
+        items.extend(SendItem(f, preamble=True, behind_gate=True) for f in behind_gate or ())
         if items:
             self.queue.extendleft(reversed(items))
             self.queued += len(items)
@@ -518,7 +537,7 @@ class Core(Ledger):
             entry = self.table.get(request_id)
             if entry is not None and not entry.written and entry.claim is None:
                 self.table.remove(entry)
-                self._end_not_delivered(entry, "its connection was lost before it was written")
+                self._classify_unfinished(entry, "its connection was lost")
         # Written and waiting for a reply on this connection: none can come.
         generation = self.generation
         lost = [e for e in self.table if e.written and e.generation == generation]

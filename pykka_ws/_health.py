@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import pykka
 
+from pykka_ws._errors import EndpointRejected, Unconfirmed
 from pykka_ws._messages import WsDelegatedRequest
 from pykka_ws._scheduler import SCHEDULER
 
@@ -92,7 +93,7 @@ class Health:
 
     # Provided by WebSocketActor and ConnectionLife (declared, not defined:
     # a stub here would come first in WebSocketActor's method order).
-    _on_request: Callable[[WsDelegatedRequest], Deferred]
+    _submit: Callable[[WsDelegatedRequest], Deferred]
     _drop_connection: Callable[[BaseException], None]
 
     def _is_current(self, generation: int) -> bool:
@@ -123,15 +124,23 @@ class Health:
             self._hook_errors += 1
             logger.exception("pykka-ws: the heartbeat's request() failed; no heartbeat sent")
             return
+        if request.timeout is None:
+            request.timeout = heartbeat.interval  # a reply may take one interval
         sent_at = time.monotonic()
-        deferred = self._on_request(request)
+        deferred = self._submit(request)
         deferred.add_waiter(
             _HeartbeatWaiter(self.actor_ref, message.generation, request.request_id, sent_at)
         )
 
     def _on_heartbeat_done(self, message: HeartbeatDone) -> None:
-        if message.error is None:
+        error = message.error
+        if error is None:
             self._rtts.append(time.monotonic() - message.sent_at)
+            return
+        if not isinstance(error, Unconfirmed | EndpointRejected):
+            # Refused here (TooManyPending, PayloadMismatch, a full queue):
+            # that says nothing of the peer's health; skip this beat.
+            logger.warning("pykka-ws: heartbeat %r not sent: %s", message.request_id, error)
             return
         if self._is_current(message.generation):
             cause = TimeoutError(f"heartbeat {message.request_id!r} not confirmed: {message.error}")

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from pykka_ws._connection import Closed, Connection, Opened, OpenFailed
     from pykka_ws._core import Core
-    from pykka_ws._futures import DropCounts
+    from pykka_ws._futures import Deferred, DropCounts
     from pykka_ws._messages import Frame, WsReconnect
     from pykka_ws._scheduler import TimerHandle
     from pykka_ws._settings import Settings
@@ -120,6 +120,8 @@ class ConnectionLife:
     _hook_garbage: Callable[[str, object], None]
     _flush: Callable[[], None]
     _schedule_expiry: Callable[[], None]
+    _tell_reply_to: Callable[[WsDelegatedRequest, Deferred], None]
+    _last_seq: dict[Any, int]  # Recovery's
     _start_delivering: Callable[[], None]
     _replayed_frames: Callable[[], list[Frame]]
     _start_watching: Callable[[int], None]
@@ -169,12 +171,14 @@ class ConnectionLife:
         self._settings.connect_kwargs["logger"].hide(
             part if isinstance(part, str | bytes) else part.frame for part in preamble
         )
-        replayed: list[Frame | WsDelegatedRequest] = list(self._replayed_frames())
         subprotocol = message.connection.subprotocol
         self._subscribers.publish(WsConnected(self._url, self._opened, subprotocol))
         generation = message.generation
-        for request, deferred in self._core.opened(generation, preamble + replayed):
+        self._last_seq.clear()  # streams are numbered afresh after a replay
+        opened = self._core.opened(generation, preamble, self._replayed_frames())
+        for request, deferred in opened:
             deferred.add_waiter(_GateWaiter(self.actor_ref, generation, request.request_id))
+            self._tell_reply_to(request, deferred)
         self._schedule_expiry()  # the on_open requests' deadlines
         self._start_watching(generation)
         if early_close is not None and early_close.generation == message.generation:

@@ -708,7 +708,9 @@ class WsHeartbeat:
         interval: Seconds between heartbeats (finite, > 0).
         request: Called on the actor's thread for each heartbeat; returns the
             `WsDelegatedRequest` to send (a fresh id each time). Its
-            ``timeout`` (default: ``interval``) is how long a reply may take.
+            ``timeout`` (None: ``interval``) is how long a reply may take.
+            A heartbeat refused here (`TooManyPending`, a full queue) is
+            skipped, not held against the connection.
     """
 
     interval: float

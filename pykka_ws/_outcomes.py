@@ -72,7 +72,7 @@ class Ledger:
         why = f"request {request_id!r}: its deadline passed before the actor saw it"
         claim = entry.claim
         state = claim.state if claim is not None else PENDING
-        if entry.written or state == DONE:
+        if entry.written or state == DONE or entry.sent_before:
             if entry.confirm_mode is WsConfirmMode.SENT:
                 self.outcomes["sent"] += 1
                 deferred = Deferred()

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import pykka
 
 from pykka_ws._endpoint import WsEndpoint
-from pykka_ws._errors import Unconfirmed
+from pykka_ws._errors import EndpointRejected, Unconfirmed
 from pykka_ws._messages import WsDelegatedRequest, WsGap, WsResolved
 from pykka_ws._scheduler import SCHEDULER
 
@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 __all__ = ["MAX_UNRESOLVED", "ProbeDone", "ProbeDue", "Recovery"]
 
 logger = logging.getLogger("pykka_ws")
+
+MAX_STREAMS = 4096
+"""Most sequenced streams tracked; beyond, the oldest is forgotten (a new baseline)."""
 
 MAX_UNRESOLVED = 4096
 """Most Unconfirmed requests waiting for a probe or a late reply at once."""
@@ -77,7 +80,7 @@ class Recovery:
     _subscribers: Subscribers
     _subscriptions: dict[Hashable, WsDelegatedRequest]
     _state: str
-    _on_request: Callable[[WsDelegatedRequest], Deferred]
+    _submit: Callable[[WsDelegatedRequest], Deferred]
     _call_hook: Callable[..., Any]
     _hook_garbage: Callable[[str, object], None]
 
@@ -126,14 +129,14 @@ class Recovery:
                 self._hook_garbage("probe", type(probe).__name__)
             return
         self._probes += 1
-        self._on_request(probe).add_waiter(_ProbeWaiter(self.actor_ref, request.request_id))
+        self._submit(probe).add_waiter(_ProbeWaiter(self.actor_ref, request.request_id))
 
     def _on_probe_done(self, message: ProbeDone) -> None:
         request = self._unresolved.pop(message.request_id, None)
         if request is None:
             return
         executed: bool | None = None
-        if message.error is None and message.response is not None:
+        if message.response is not None:  # a reply, a refusal included ("not found")
             executed = self._call_hook("probe_result", message.response)
             if executed is not None and not isinstance(executed, bool):
                 self._hook_garbage("probe_result", executed)
@@ -171,8 +174,11 @@ class Recovery:
         except (TypeError, ValueError):
             self._hook_garbage("sequence", numbered)
             return True
-        last = self._last_seq.get(key)
-        self._last_seq[key] = max(number, last) if last is not None else number
+        seqs = self._last_seq
+        last = seqs.get(key)
+        if last is None and len(seqs) >= MAX_STREAMS:
+            seqs.pop(next(iter(seqs)))  # bounded: the oldest stream is forgotten
+        seqs[key] = max(number, last) if last is not None else number
         if last is None or number == last + 1:
             return True
         if number <= last:
@@ -184,8 +190,9 @@ class Recovery:
             again = WsDelegatedRequest(
                 subscription.request_id, subscription.frame, timeout=subscription.timeout
             )
-            self._on_request(again)
-        self._subscribers.publish(WsGap(key, last + 1, number, subscription is not None))
+            self._submit(again)
+        # To the stream's routes if it has some (its consumer must know), else to all.
+        self._subscribers.publish(WsGap(key, last + 1, number, subscription is not None), key=key)
         return True
 
 
@@ -220,7 +227,11 @@ class _ProbeWaiter:
         self._tell(getattr(value, "response", None), None)
 
     def set_exception_now(self, exc_info: OptExcInfo) -> None:
-        self._tell(None, exc_info[1])
+        error = exc_info[1]
+        # A refusal is an answer too: probe_result reads it ("order not found").
+        self._tell(
+            getattr(error, "response", None) if isinstance(error, EndpointRejected) else None, error
+        )
 
     def _tell(self, response: Frame | None, error: BaseException | None) -> None:
         try:

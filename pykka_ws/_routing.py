@@ -42,7 +42,8 @@ class Routing:
     _subscribers: Subscribers
     _subscriptions: dict[Hashable, WsDelegatedRequest]
 
-    _on_request: Callable[[WsDelegatedRequest], Deferred]  # WebSocketActor's
+    _submit: Callable[[WsDelegatedRequest], Deferred]  # WebSocketActor's
+    _last_seq: dict[Hashable, int]  # Recovery's
 
     def _on_route(self, message: WsRoute) -> None:
         self._subscribers.add_route(message.key, message.ref)
@@ -55,16 +56,17 @@ class Routing:
         self._subscriptions[key] = request
         if message.route is not None:
             self._subscribers.add_route(key, message.route)
-        deferred = self._on_request(request)
+        deferred = self._submit(request)
         deferred.add_waiter(_ForgetIfRejected(self._subscriptions, key, request))
         return deferred
 
     def _on_unsubscribe(self, message: WsUnsubscribe) -> Deferred | None:
         self._subscriptions.pop(message.key, None)
+        self._last_seq.pop(message.key, None)
         self._subscribers.remove_route(message.key, None)
         if message.request is None:
             return None
-        return self._on_request(message.request)
+        return self._submit(message.request)
 
     def _replayed_frames(self) -> list[Frame]:
         """The current subscriptions' frames, to send after ``on_open``'s.

@@ -66,6 +66,8 @@ class RequestOptions(TypedDict, total=False):
     timeout: float | None
     reply_to: ActorRef[Any] | None
     context: Any
+    retry: bool
+    idempotent: bool
 
 
 class JsonRpcEndpoint(WsEndpoint):
