@@ -2214,3 +2214,32 @@ class CoreMachine(RuleBasedStateMachine):
 
 TestCoreMachine = CoreMachine.TestCase
 TestCoreMachine.settings = settings(max_examples=200, stateful_step_count=60, deadline=None)
+
+
+def test_replayed_subscriptions_wait_behind_the_gate_and_go_right_after_it() -> None:
+    core, clock = make_core()
+    login = make_request(clock, "auth", '{"id":"auth"}')
+    queued = ask(core, clock, 9)  # queued traffic, from before the connection
+    [(_, gate)] = core.opened(1, [login], ['{"sub":"private"}'])
+    first = take(core)
+    assert frames(first) == ['{"id":"auth"}']  # the subscription waits for the login
+    write_all(core, first)
+    assert core.next_batch() is None  # the gate is closed
+    assert core.reply("auth", '{"id":"auth","result":true}') is None
+    assert watch(gate).outcome == ok("auth", '{"id":"auth","result":true}')
+    assert core.ungate("auth") is True
+    assert frames(take(core)) == ['{"sub":"private"}', '{"id":9}']
+    assert not queued.done
+
+
+def test_a_reply_read_on_another_connection_confirms_nothing() -> None:
+    core, clock = make_core()
+    core.opened(1, [])
+    waiter = ask(core, clock, 5)
+    write_all(core, take(core))  # written on connection 1
+    late = core.reply(5, '{"id":5}', generation=2)  # read on connection 2
+    assert isinstance(late, WsLateResponse)
+    assert not waiter.done
+    assert core.stray_replies == 1
+    assert core.reply(5, '{"id":5}', generation=1) is None
+    assert waiter.outcome == ok(5, '{"id":5}')

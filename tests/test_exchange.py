@@ -19,6 +19,7 @@ from websockets.sync.server import Server, ServerConnection, serve
 from pykka_ws import (
     EndpointRejected,
     NotDelivered,
+    Unconfirmed,
     WebSocketActor,
     WsConnected,
     WsDelegatedRequest,
@@ -26,6 +27,7 @@ from pykka_ws import (
     WsEndpoint,
     WsHeartbeat,
     WsOpenFailed,
+    WsOutcome,
 )
 from pykka_ws.testing import WsTestServer
 
@@ -342,3 +344,72 @@ def test_a_server_heartbeat_is_answered_by_the_answer_hook() -> None:
         srv.send_to_all(json.dumps({"type": "test_request", "test_id": "T1"}))
         [answer] = srv.wait_for_received(1)
         assert json.loads(answer) == {"type": "heartbeat", "test_id": "T1"}
+
+
+def test_an_on_open_request_tells_its_reply_to() -> None:
+    sink: queue.Queue[Any] = queue.Queue()
+    desk = Collector.start(sink)
+
+    class Login(JsonEndpoint):
+        def on_open(self) -> list[Any]:  # type: ignore[override]
+            return [WsDelegatedRequest("auth", req_frame("auth"), reply_to=desk, context="login")]
+
+    with WsTestServer(json_reply) as srv:
+        WebSocketActor.start(srv.url, endpoint=Login())
+        outcome = next_of(sink, WsOutcome)
+        assert outcome.request_id == "auth"
+        assert outcome.context == "login"
+        assert outcome.ok is not None
+        assert outcome.ok.confirmed is True
+
+
+def test_only_a_caller_s_inserted_requests_are_probed() -> None:
+    probed: list[Any] = []
+
+    class Probing(JsonEndpoint):
+        def probe(self, request_id: Any, frame: str | bytes) -> WsDelegatedRequest | None:
+            probed.append(request_id)
+            return None  # nothing to ask: the request stays unresolved
+
+    pings = Pings()
+    with WsTestServer(None) as silent:
+        ref = WebSocketActor.start(
+            silent.url,
+            endpoint=Probing(),
+            heartbeat=WsHeartbeat(30.0, pings),  # none sent before the test ends
+            probe_delay=0.01,
+        )
+        wait_until(lambda: stats(ref).state == "open", 10, "the connection")
+        joined = [
+            ref.ask(WsDelegatedRequest(7, req_frame(7), timeout=0.2), block=False) for _ in range(2)
+        ]
+        for future in joined:
+            with pytest.raises(Unconfirmed):
+                future.get(timeout=10)
+        wait_until(lambda: probed, 10, "the probe")
+        # One probe for the two joined callers; the actor's own requests
+        # (heartbeats, probes) are never probed.
+        ref.stop()
+        assert probed == [7]
+
+
+def test_a_heartbeat_refused_locally_does_not_fail_the_connection() -> None:
+    with WsTestServer(None) as silent:
+        sink: queue.Queue[Any] = queue.Queue()
+        ref = WebSocketActor.start(
+            silent.url,
+            endpoint=JsonEndpoint(),
+            inbound=Collector.start(sink),
+            max_pending_requests=1,
+            heartbeat=WsHeartbeat(0.05, Pings()),
+            ping_interval=None,
+        )
+        assert next_of(sink, WsConnected).generation == 1
+        # The one pending slot is taken: every heartbeat is TooManyPending.
+        held = ref.ask(WsDelegatedRequest(1, req_frame(1), timeout=1.0), block=False)
+        with pytest.raises(Unconfirmed):
+            held.get(timeout=10)
+        current = stats(ref)
+        assert current.outcomes["too_many_pending"] >= 1
+        assert current.reconnects == 0
+        assert current.state == "open"
