@@ -22,32 +22,35 @@ idle, and ``stop()``, which shuts a stuck socket down and closes it.
 from __future__ import annotations
 
 import logging
-import random
-import time
 from typing import TYPE_CHECKING, Any
 
 import pykka
 
 from pykka_ws._connection import Closed, Inbound, Opened, OpenFailed, Pong
-from pykka_ws._core import NOT_A_REPLY, Core
+from pykka_ws._core import Core
 from pykka_ws._endpoint import WsEndpoint
-from pykka_ws._futures import Deferred, DropCounts, ReplyFuture, ReplyTo, mark_owner_thread
+from pykka_ws._futures import (
+    Deferred,
+    DropCounts,
+    ReplyFuture,
+    ReplyTo,
+    mark_owner_thread,
+    unmark_owner_thread,
+)
 from pykka_ws._health import Health, HeartbeatDone, HeartbeatTick, StaleCheck
+from pykka_ws._inbound import InboundPath
 from pykka_ws._lifecycle import OPEN, SLICE, ConnectionLife, GateDone, Reconnect
 from pykka_ws._messages import (
     WsCancel,
     WsDelegatedRequest,
     WsGetStats,
-    WsInbound,
     WsReconnect,
-    WsRequestMatch,
     WsRoute,
     WsSend,
     WsStats,
     WsSubscribe,
     WsUnroute,
     WsUnsubscribe,
-    check_frame,
     check_timeout,
 )
 from pykka_ws._recovery import ProbeDone, ProbeDue, Recovery
@@ -63,8 +66,9 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
 
     from pykka_ws._core import Batch
-    from pykka_ws._messages import Frame, WsBackoff, WsHeartbeat
+    from pykka_ws._messages import WsBackoff, WsHeartbeat
     from pykka_ws._scheduler import TimerHandle
+    from pykka_ws._settings import Settings
 
 __all__ = ["WebSocketActor"]
 
@@ -86,7 +90,7 @@ class _Deliver:
     __slots__ = ()
 
 
-class WebSocketActor(Routing, Recovery, Health, ConnectionLife, pykka.ThreadingActor):
+class WebSocketActor(InboundPath, Routing, Recovery, Health, ConnectionLife, pykka.ThreadingActor):
     """A WebSocket connection as a pykka actor, with honest request outcomes.
 
     Start it with ``WebSocketActor.start(url, ...)``; every argument below is
@@ -211,7 +215,10 @@ class WebSocketActor(Routing, Recovery, Health, ConnectionLife, pykka.ThreadingA
             k: v for k, v in locals().items() if k not in {"self", "__class__", "probe_delay"}
         }
         super().__init__()
-        self._settings = settings = check_settings(**arguments)
+        self._init_shell(check_settings(**arguments), check_timeout(probe_delay, "probe_delay"))
+
+    def _init_shell(self, settings: Settings, probe_delay: float) -> None:
+        self._settings = settings
         self._url = settings.url
         self._endpoint = settings.endpoint
         self._core = Core(
@@ -229,12 +236,11 @@ class WebSocketActor(Routing, Recovery, Health, ConnectionLife, pykka.ThreadingA
             settings.subscriber_overflow,
         )
         self._writer: pykka.ActorRef[WsWriter] | None = None
-        self._rng = random.Random()  # noqa: S311 - jitter, not cryptography
 
         self._init_lifecycle()
         self._init_health()
         self._answering = type(self._endpoint).answer is not WsEndpoint.answer
-        self._init_recovery(check_timeout(probe_delay, "probe_delay"))
+        self._init_recovery(probe_delay)
         self._expiry_timer: TimerHandle | None = None
         self._credit_timer: TimerHandle | None = None
         self._delivering = False
@@ -287,11 +293,19 @@ class WebSocketActor(Routing, Recovery, Health, ConnectionLife, pykka.ThreadingA
 
     def on_stop(self) -> None:
         """End every request, close the connection, join every thread."""
-        self._shutdown()
+        try:
+            self._shutdown()
+        finally:
+            # Dead now: blocking is safe again (pykka may call stop_all() on
+            # this thread after a BaseException).
+            unmark_owner_thread()
 
     def on_failure(self, *_exc_info: object) -> None:
         """Clean up as on stop, should a handler ever fail."""
-        self._shutdown()
+        try:
+            self._shutdown()
+        finally:
+            unmark_owner_thread()
 
     def on_receive(self, message: Any) -> Any:
         """Dispatch a message to its handler."""
@@ -424,89 +438,6 @@ class WebSocketActor(Routing, Recovery, Health, ConnectionLife, pykka.ThreadingA
             self.actor_ref.tell(_Deliver())
         else:
             self._delivering = False
-
-    # -- inbound ------------------------------------------------------------
-
-    def _on_inbound(self, message: Inbound) -> None:
-        frame = message.frame
-        if self._watch_stale:
-            self._last_inbound = time.monotonic()
-        self._frames_in += 1
-        self._bytes_in += message.size
-        match = self._call_hook("match_response", frame)
-        if match is not None and self._on_matches(match, frame, message.generation):
-            self._credit(message)
-            return
-        parsed = self._call_hook("parse", frame)
-        if parsed is not None and self._answering:
-            self._answer(parsed)
-        if parsed is not None and (not self._sequenced or self._in_sequence(parsed)):
-            subscribers = self._subscribers
-            key = self._call_hook("route", parsed) if subscribers.routes else None
-            subscribers.publish(WsInbound(frame, parsed), frame=True, key=key)
-        self._credit(message)
-
-    def _answer(self, parsed: Any) -> None:
-        frames = self._call_hook("answer", parsed)
-        try:
-            for frame in frames:
-                self._core.send(check_frame(frame, "answer() frame"))
-        except TypeError:
-            self._hook_garbage("answer", type(frames).__name__)
-        if self._core.inflight is None:
-            self._flush()
-
-    def _credit(self, message: Inbound) -> None:
-        timer = self._subscribers.credit(message.sink)
-        if timer is not None:
-            self._credit_timer = timer
-
-    def _on_credit_check(self, _message: CreditCheck) -> None:
-        self._credit_timer = self._subscribers.check()
-
-    def _on_matches(self, match: object, frame: Frame, generation: int) -> bool:
-        """Complete the requests a frame's matches name; return whether all were replies.
-
-        A batch reply (a sequence of matches) completes each of its ids; if
-        any answers no request, the frame is passed on as inbound too.
-        """
-        if isinstance(match, WsRequestMatch):  # a NamedTuple: before the tuple test
-            return self._on_match(match, frame, generation)
-        if isinstance(match, list | tuple) and all(isinstance(m, WsRequestMatch) for m in match):
-            answered = [self._on_match(one, frame, generation) for one in match]  # in order
-            return bool(answered) and all(answered)
-        self._hook_garbage("match_response", match)
-        return False
-
-    def _on_match(self, match: WsRequestMatch, frame: Frame, generation: int | None = None) -> bool:
-        """Complete the request a reply matches; return whether it was one."""
-        request_id = match.request_id
-        if (
-            isinstance(request_id, bool)
-            or not isinstance(request_id, int | str)
-            or not isinstance(match.ok, bool)
-        ):
-            # No request can have that id (a bool, a float, an object whose
-            # hash raises...), or ok is not a bool: the matcher is wrong and
-            # the frame passes on as an ordinary inbound frame.
-            self._hook_garbage("match_response", match)
-            return False
-        reason = match.message if isinstance(match.message, str) else repr(match.message)
-        late = self._core.reply(
-            request_id,
-            frame,
-            ok=match.ok,
-            message=reason,
-            rate_limit_feedback=match.rate_limit_feedback,
-            generation=generation,
-        )
-        if late is NOT_A_REPLY:
-            return False
-        if late is not None:
-            self._subscribers.publish(late, frame=True)
-            if self._unresolved:
-                self._late_reply(request_id, frame, ok=match.ok)
-        return True
 
     def _call_hook(self, name: str, *args: Any) -> Any:
         try:

@@ -22,7 +22,7 @@ from pykka_ws._pending import Entry, PendingTable, RecentIds
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from pykka_ws._core import Item
+    from pykka_ws._link import Item
 
 __all__ = ["OUTCOMES", "Ledger", "failed"]
 

@@ -11,7 +11,7 @@ import ssl as ssl_module
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import pykka
 from websockets.exceptions import InvalidURI
@@ -95,19 +95,11 @@ def check_settings(
 ) -> Settings:
     """Check every argument of `WebSocketActor.start()`; return them as `Settings`."""
     urls = check_urls(url)
-    if heartbeat is not None and not isinstance(heartbeat, WsHeartbeat):
-        msg = f"heartbeat must be a WsHeartbeat, not {type(heartbeat).__name__}"
-        raise TypeError(msg)
-    if endpoint is None:
-        endpoint = WsEndpoint()
-    elif not isinstance(endpoint, WsEndpoint):
-        msg = f"endpoint must be a WsEndpoint, not {type(endpoint).__name__}"
-        raise TypeError(msg)
-    if backoff is None:
-        backoff = WsBackoff()
-    elif not isinstance(backoff, WsBackoff):
-        msg = f"backoff must be a WsBackoff, not {type(backoff).__name__}"
-        raise TypeError(msg)
+    checked_heartbeat = (
+        None if heartbeat is None else _check_type(heartbeat, WsHeartbeat, "heartbeat")
+    )
+    endpoint = WsEndpoint() if endpoint is None else _check_type(endpoint, WsEndpoint, "endpoint")
+    backoff = WsBackoff() if backoff is None else _check_type(backoff, WsBackoff, "backoff")
     checked_write_timeout = check_optional_wait(write_timeout, "write_timeout")
     checked_close_timeout = check_wait(close_timeout, "close_timeout")
     if checked_write_timeout is not None:
@@ -147,7 +139,7 @@ def check_settings(
         recent_ids_age=check_timeout(recent_ids_age, "recent_ids_age"),
         connect_kwargs=connect_kwargs,
         tls_kwargs=tls_kwargs,
-        heartbeat=heartbeat,
+        heartbeat=checked_heartbeat,
         stale_after=check_optional_wait(stale_after, "stale_after"),
     )
 
@@ -220,6 +212,16 @@ def _as_list(value: object) -> list[object]:
         msg = f"url must be a str or a sequence of str, not {type(value).__name__}"
         raise TypeError(msg)
     return list(value)
+
+
+_T = TypeVar("_T")
+
+
+def _check_type(value: object, cls: type[_T], name: str) -> _T:
+    if not isinstance(value, cls):
+        msg = f"{name} must be a {cls.__name__}, not {type(value).__name__}"
+        raise TypeError(msg)
+    return value
 
 
 def check_count(value: object, name: str) -> int:

@@ -2243,3 +2243,18 @@ def test_a_reply_read_on_another_connection_confirms_nothing() -> None:
     assert core.stray_replies == 1
     assert core.reply(5, '{"id":5}', generation=1) is None
     assert waiter.outcome == ok(5, '{"id":5}')
+
+
+def test_a_resend_cut_after_the_deadline_of_a_written_idempotent_request_is_unconfirmed() -> None:
+    core, clock = make_core()
+    core.opened(1, [])
+    _, waiter = ask_retry(core, clock, 1, idempotent=True, timeout=2.0)
+    write_all(core, take(core))  # the first attempt was written
+    core.connection_lost()
+    core.opened(2, [])
+    batch = take(core)  # the re-send
+    clock.advance(3.0)  # its deadline passes while it is being written
+    write_failing(core, batch, 0)
+    core.deliver()
+    assert isinstance(waiter.outcome, Unconfirmed)
+    assert waiter.outcome.written is True

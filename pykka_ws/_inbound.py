@@ -1,0 +1,134 @@
+"""The inbound path, for the owner actor: match, parse, answer, route, credit.
+
+`InboundPath` is a part of `WebSocketActor` (a mixin, on the owner's thread
+only). Each complete message websockets' receiving thread reads comes here
+(`_connection.Inbound`): the endpoint's matcher pairs replies with requests
+(the core decides what a reply completes), the rest is parsed, answered
+(`WsEndpoint.answer`), checked for sequence gaps and told to its routes or to
+every subscriber; then the frame is credited back to the receiving thread,
+unless a subscriber is full (`_subscribers`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from pykka_ws._core import NOT_A_REPLY
+from pykka_ws._messages import WsInbound, WsRequestMatch, check_frame
+
+if TYPE_CHECKING:
+    from collections import OrderedDict
+    from collections.abc import Callable
+
+    from pykka_ws._connection import Inbound
+    from pykka_ws._core import Core
+    from pykka_ws._messages import Frame, RequestId, WsDelegatedRequest
+    from pykka_ws._scheduler import TimerHandle
+    from pykka_ws._subscribers import CreditCheck, Subscribers
+
+__all__ = ["InboundPath"]
+
+
+class InboundPath:
+    """The inbound half of `WebSocketActor` (see the module docstring)."""
+
+    # Set or defined by WebSocketActor and its other halves.
+    _core: Core
+    _subscribers: Subscribers
+    _credit_timer: TimerHandle | None
+    _frames_in: int
+    _bytes_in: int
+    _answering: bool
+    _watch_stale: bool
+    _last_inbound: float
+    _sequenced: bool
+    _unresolved: OrderedDict[RequestId, WsDelegatedRequest]
+    _call_hook: Callable[..., Any]
+    _hook_garbage: Callable[[str, object], None]
+    _flush: Callable[[], None]
+    _in_sequence: Callable[[Any], bool]
+    _late_reply: Callable[..., None]
+
+    # -- inbound ------------------------------------------------------------
+
+    def _on_inbound(self, message: Inbound) -> None:
+        frame = message.frame
+        if self._watch_stale:
+            self._last_inbound = time.monotonic()
+        self._frames_in += 1
+        self._bytes_in += message.size
+        match = self._call_hook("match_response", frame)
+        if match is not None and self._on_matches(match, frame, message.generation):
+            self._credit(message)
+            return
+        parsed = self._call_hook("parse", frame)
+        if parsed is not None and self._answering:
+            self._answer(parsed)
+        if parsed is not None and (not self._sequenced or self._in_sequence(parsed)):
+            subscribers = self._subscribers
+            key = self._call_hook("route", parsed) if subscribers.routes else None
+            subscribers.publish(WsInbound(frame, parsed), frame=True, key=key)
+        self._credit(message)
+
+    def _answer(self, parsed: Any) -> None:
+        frames = self._call_hook("answer", parsed)
+        try:
+            for frame in frames:
+                self._core.send(check_frame(frame, "answer() frame"))
+        except TypeError:
+            self._hook_garbage("answer", type(frames).__name__)
+        if self._core.inflight is None:
+            self._flush()
+
+    def _credit(self, message: Inbound) -> None:
+        timer = self._subscribers.credit(message.sink)
+        if timer is not None:
+            self._credit_timer = timer
+
+    def _on_credit_check(self, _message: CreditCheck) -> None:
+        self._credit_timer = self._subscribers.check()
+
+    def _on_matches(self, match: object, frame: Frame, generation: int) -> bool:
+        """Complete the requests a frame's matches name; return whether all were replies.
+
+        A batch reply (a sequence of matches) completes each of its ids; if
+        any answers no request, the frame is passed on as inbound too.
+        """
+        if isinstance(match, WsRequestMatch):  # a NamedTuple: before the tuple test
+            return self._on_match(match, frame, generation)
+        if isinstance(match, list | tuple) and all(isinstance(m, WsRequestMatch) for m in match):
+            answered = [self._on_match(one, frame, generation) for one in match]  # in order
+            return bool(answered) and all(answered)
+        self._hook_garbage("match_response", match)
+        return False
+
+    def _on_match(self, match: WsRequestMatch, frame: Frame, generation: int | None = None) -> bool:
+        """Complete the request a reply matches; return whether it was one."""
+        request_id = match.request_id
+        if (
+            isinstance(request_id, bool)
+            or not isinstance(request_id, int | str)
+            or not isinstance(match.ok, bool)
+        ):
+            # No request can have that id (a bool, a float, an object whose
+            # hash raises...), or ok is not a bool: the matcher is wrong and
+            # the frame passes on as an ordinary inbound frame.
+            self._hook_garbage("match_response", match)
+            return False
+        reason = match.message if isinstance(match.message, str) else repr(match.message)
+        late = self._core.reply(
+            request_id,
+            frame,
+            ok=match.ok,
+            message=reason,
+            rate_limit_feedback=match.rate_limit_feedback,
+            generation=generation,
+        )
+        if late is NOT_A_REPLY:
+            return False
+        if late is not None:
+            self._subscribers.publish(late, frame=True)
+            if self._unresolved:
+                self._late_reply(request_id, frame, ok=match.ok)
+        return True
