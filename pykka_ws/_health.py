@@ -88,6 +88,9 @@ class Health:
 
     def _init_health(self) -> None:
         self._rtts: deque[float] = deque(maxlen=SAMPLES)
+        heartbeat = self._settings.heartbeat
+        window = heartbeat.window if heartbeat is not None else 4
+        self._beat_rtts: deque[float] = deque(maxlen=window)  # for the latency policy
         self._last_inbound = 0.0
         self._watch_stale = self._settings.stale_after is not None
 
@@ -103,6 +106,7 @@ class Health:
         """A connection opened: schedule its heartbeats and staleness checks."""
         settings = self._settings
         if settings.heartbeat is not None:
+            self._beat_rtts.clear()  # the policy judges each connection afresh
             SCHEDULER.call_later(
                 settings.heartbeat.interval, self.actor_ref, HeartbeatTick(generation)
             )
@@ -135,7 +139,9 @@ class Health:
     def _on_heartbeat_done(self, message: HeartbeatDone) -> None:
         error = message.error
         if error is None:
-            self._rtts.append(time.monotonic() - message.sent_at)
+            rtt = time.monotonic() - message.sent_at
+            self._rtts.append(rtt)
+            self._check_latency(message.generation, rtt)
             return
         if not isinstance(error, Unconfirmed | EndpointRejected):
             # Refused here (TooManyPending, PayloadMismatch, a full queue):
@@ -146,6 +152,25 @@ class Health:
             cause = TimeoutError(f"heartbeat {message.request_id!r} not confirmed: {message.error}")
             cause.__cause__ = message.error
             self._drop_connection(cause)
+
+    def _check_latency(self, generation: int, rtt: float) -> None:
+        """The latency policy: a sustained p99 over ``max_rtt`` fails the connection."""
+        heartbeat = self._settings.heartbeat
+        if heartbeat is None or heartbeat.max_rtt is None or not self._is_current(generation):
+            return
+        beats = self._beat_rtts
+        beats.append(rtt)
+        if len(beats) < max(1, heartbeat.window // 4):
+            return
+        p99 = percentile(sorted(beats), 0.99)
+        if p99 > heartbeat.max_rtt:
+            beats.clear()
+            self._drop_connection(
+                TimeoutError(
+                    f"heartbeat round trip p99 {p99:.3f} s over max_rtt {heartbeat.max_rtt} s"
+                    f" (last {heartbeat.window} beats)"
+                )
+            )
 
     def _on_stale_check(self, message: StaleCheck) -> None:
         stale_after = self._settings.stale_after

@@ -694,6 +694,9 @@ class WsStats:
     internal_errors: int = 0
 
 
+_MIN_WINDOW = 4
+
+
 @dataclass(frozen=True, slots=True)
 class WsHeartbeat:
     """An application-level heartbeat: a confirmed request every ``interval`` seconds.
@@ -711,13 +714,29 @@ class WsHeartbeat:
             ``timeout`` (None: ``interval``) is how long a reply may take.
             A heartbeat refused here (`TooManyPending`, a full queue) is
             skipped, not held against the connection.
+        max_rtt: A latency policy: once the 99th percentile of the last
+            ``window`` heartbeat round trips (at least ``window // 4`` of
+            them) exceeds ``max_rtt`` seconds, the connection is failed and
+            replaced (a sustained breach, not one slow beat). None: no policy.
+        window: Heartbeat round trips the policy looks at.
     """
 
     interval: float
     request: Callable[[], WsDelegatedRequest]
+    max_rtt: float | None = None
+    window: int = 32
 
     def __post_init__(self) -> None:
         check_timeout(self.interval, "interval")
+        if self.max_rtt is not None:
+            check_timeout(self.max_rtt, "max_rtt")
+        if (
+            isinstance(self.window, bool)
+            or not isinstance(self.window, int)
+            or self.window < _MIN_WINDOW
+        ):
+            msg = f"window must be an int >= {_MIN_WINDOW}, not {self.window!r}"
+            raise ValueError(msg)
         if not callable(self.request):
             msg = f"request must be callable, not {type(self.request).__name__}"
             raise TypeError(msg)

@@ -416,3 +416,36 @@ def test_a_heartbeat_refused_locally_does_not_fail_the_connection() -> None:
         assert current.outcomes["too_many_pending"] >= 1
         assert current.reconnects == 0
         assert current.state == "open"
+
+
+def test_a_sustained_round_trip_over_max_rtt_fails_the_connection() -> None:
+    slow = threading.Event()
+    delay = threading.Event()  # never set: waiting on it is the server's slowness
+
+    def reply(frame: str | bytes) -> str | None:
+        if slow.is_set() and json.loads(frame)["id"].startswith("hb-"):
+            delay.wait(0.05)  # the scenario: a slow application, not a test wait
+        return json_reply(frame)
+
+    with WsTestServer(reply) as srv:
+        sink: queue.Queue[Any] = queue.Queue()
+        WebSocketActor.start(
+            srv.url,
+            endpoint=JsonEndpoint(),
+            inbound=Collector.start(sink),
+            heartbeat=WsHeartbeat(0.02, Pings(), max_rtt=0.04, window=8),
+            ping_interval=None,
+            backoff=FAST_BACKOFF_LOW_CAP,
+        )
+        assert next_of(sink, WsConnected).generation == 1
+        slow.set()
+        lost = next_of(sink, WsDisconnected)
+        assert "over max_rtt" in str(lost.cause)
+        assert lost.reconnecting is True
+
+
+def test_max_rtt_and_window_are_checked() -> None:
+    with pytest.raises(ValueError, match="max_rtt"):
+        WsHeartbeat(1.0, Pings(), max_rtt=0)
+    with pytest.raises(ValueError, match="window"):
+        WsHeartbeat(1.0, Pings(), window=2)
