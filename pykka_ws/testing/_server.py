@@ -14,6 +14,7 @@ import itertools
 import logging
 import threading
 import time
+from ssl import TLSVersion
 from typing import TYPE_CHECKING
 
 from websockets.exceptions import ConnectionClosed
@@ -58,7 +59,9 @@ class WsTestServer(_ServerPlumbing):
         reply: The reply function; :obj:`None` never replies.
         host: Address to listen on. Keep it on the loopback interface.
         port: Port to listen on; 0 picks a free ephemeral port.
-        ssl: TLS configuration; the URL scheme becomes ``wss``. The URL keeps
+        ssl: TLS configuration; the URL scheme becomes ``wss``. Its
+            ``maximum_version`` is capped at TLS 1.2 (see the source: a race
+            in websockets' threading server under TLS 1.3). The URL keeps
             ``host``, so clients must pass ``server_hostname`` themselves when
             the certificate is for another name.
         max_size: Maximum size of incoming messages in bytes; :obj:`None`
@@ -85,6 +88,14 @@ class WsTestServer(_ServerPlumbing):
         self._host = host
         self._requested_port = port
         self._bound_port: int | None = None
+        if ssl is not None and ssl.maximum_version > TLSVersion.TLSv1_2:
+            # websockets' threading server waits in select() before reading
+            # its TLS socket; under TLS 1.3 the client's first request can
+            # come in the same flight as its handshake Finished, be read into
+            # OpenSSL's buffer by the handshake, and never wake that select()
+            # (seen: a handshake timing out about once in a few thousand).
+            # TLS 1.2 ends the handshake on the server's side: no such race.
+            ssl.maximum_version = TLSVersion.TLSv1_2
         self._ssl = ssl
         self._max_size = max_size
         self._ping_interval = ping_interval
