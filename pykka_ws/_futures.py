@@ -50,6 +50,7 @@ __all__ = [
     "LightFuture",
     "ReplyFuture",
     "ReplyTo",
+    "TellOwner",
     "Waiter",
     "mark_owner_thread",
     "unmark_owner_thread",
@@ -433,3 +434,35 @@ class DropCounts:
 
     def __init__(self) -> None:
         self.reply_to_dropped = 0
+
+
+class TellOwner:
+    """A `Deferred` waiter that tells an actor ``build(value, error)`` when it resolves.
+
+    How the owner hears, as a message to itself, that one of its own
+    requests (an ``on_open`` request, a heartbeat, a probe) ended: the
+    waiter runs inside the core, and a message keeps the core's work from
+    being re-entered. A dead owner is ignored (it has stopped).
+    """
+
+    __slots__ = ("build", "owner")
+
+    def __init__(
+        self, owner: pykka.ActorRef[Any], build: Callable[[Any, BaseException | None], object]
+    ) -> None:
+        self.owner = owner
+        self.build = build
+
+    def set_now(self, value: Any) -> None:
+        """Tell the success."""
+        self._tell(self.build(value, None))
+
+    def set_exception_now(self, exc_info: OptExcInfo) -> None:
+        """Tell the failure."""
+        self._tell(self.build(None, exc_info[1]))
+
+    def _tell(self, message: object) -> None:
+        try:
+            self.owner.tell(message)
+        except pykka.ActorDeadError:
+            pass

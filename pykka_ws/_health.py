@@ -21,16 +21,15 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-import pykka
-
 from pykka_ws._errors import EndpointRejected, Unconfirmed
+from pykka_ws._futures import TellOwner
 from pykka_ws._messages import WsDelegatedRequest
 from pykka_ws._scheduler import SCHEDULER
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from pykka._types import OptExcInfo
+    import pykka
 
     from pykka_ws._connection import Pong
     from pykka_ws._futures import Deferred
@@ -132,8 +131,12 @@ class Health:
             request.timeout = heartbeat.interval  # a reply may take one interval
         sent_at = time.monotonic()
         deferred = self._submit(request)
+        generation, request_id = message.generation, request.request_id
         deferred.add_waiter(
-            _HeartbeatWaiter(self.actor_ref, message.generation, request.request_id, sent_at)
+            TellOwner(
+                self.actor_ref,
+                lambda _v, error: HeartbeatDone(generation, request_id, sent_at, error),
+            )
         )
 
     def _on_heartbeat_done(self, message: HeartbeatDone) -> None:
@@ -196,30 +199,3 @@ def percentile(ordered: list[float], fraction: float) -> float:
     """The ``fraction`` quantile of sorted samples (nearest rank)."""
     index = min(len(ordered) - 1, max(0, round(fraction * len(ordered) + 0.5) - 1))
     return ordered[index]
-
-
-class _HeartbeatWaiter:
-    """Tells the owner `HeartbeatDone` (a Deferred waiter)."""
-
-    __slots__ = ("generation", "owner", "request_id", "sent_at")
-
-    def __init__(
-        self, owner: pykka.ActorRef[Any], generation: int, request_id: Any, sent_at: float
-    ) -> None:
-        self.owner = owner
-        self.generation = generation
-        self.request_id = request_id
-        self.sent_at = sent_at
-
-    def set_now(self, _value: Any) -> None:
-        self._tell(None)
-
-    def set_exception_now(self, exc_info: OptExcInfo) -> None:
-        self._tell(exc_info[1])
-
-    def _tell(self, error: BaseException | None) -> None:
-        done = HeartbeatDone(self.generation, self.request_id, self.sent_at, error)
-        try:
-            self.owner.tell(done)
-        except pykka.ActorDeadError:
-            pass

@@ -24,14 +24,12 @@ from websockets.exceptions import InvalidStatus
 from pykka_ws._connector import ConnectorSlot, run_connector
 from pykka_ws._endpoint import WsEndpoint
 from pykka_ws._errors import NotDelivered, WsOpenFailed
-from pykka_ws._futures import ReplyTo
+from pykka_ws._futures import ReplyTo, TellOwner
 from pykka_ws._messages import WsConnected, WsDelegatedRequest, WsDisconnected, check_frame
 from pykka_ws._scheduler import SCHEDULER
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
-
-    from pykka._types import OptExcInfo
 
     from pykka_ws._connection import Closed, Connection, Opened, OpenFailed
     from pykka_ws._core import Core
@@ -177,7 +175,8 @@ class ConnectionLife:
         self._last_seq.clear()  # streams are numbered afresh after a replay
         opened = self._core.opened(generation, preamble, self._replayed_frames())
         for request, deferred in opened:
-            deferred.add_waiter(_GateWaiter(self.actor_ref, generation, request.request_id))
+            done = _gate_done(generation, request.request_id)
+            deferred.add_waiter(TellOwner(self.actor_ref, done))
             self._tell_reply_to(request, deferred)
         self._schedule_expiry()  # the on_open requests' deadlines
         self._start_watching(generation)
@@ -391,27 +390,13 @@ class GateDone:
         self.error = error
 
 
-class _GateWaiter:
-    """Tells the owner `GateDone` when an ``on_open`` request ends (a Deferred waiter)."""
+def _gate_done(generation: int, request_id: Any) -> Callable[[Any, BaseException | None], GateDone]:
+    """What an ``on_open`` request's end tells the owner."""
 
-    __slots__ = ("generation", "owner", "request_id")
+    def build(_value: Any, error: BaseException | None) -> GateDone:
+        return GateDone(generation, request_id, error)
 
-    def __init__(self, owner: pykka.ActorRef[Any], generation: int, request_id: Any) -> None:
-        self.owner = owner
-        self.generation = generation
-        self.request_id = request_id
-
-    def set_now(self, _value: Any) -> None:
-        self._tell(None)
-
-    def set_exception_now(self, exc_info: OptExcInfo) -> None:
-        self._tell(exc_info[1])
-
-    def _tell(self, error: BaseException | None) -> None:
-        try:
-            self.owner.tell(GateDone(self.generation, self.request_id, error))
-        except pykka.ActorDeadError:
-            pass
+    return build
 
 
 _RETRY_AFTER_MAX = 3600.0

@@ -22,6 +22,7 @@ import pykka
 
 from pykka_ws._endpoint import WsEndpoint
 from pykka_ws._errors import EndpointRejected, Unconfirmed
+from pykka_ws._futures import TellOwner
 from pykka_ws._messages import WsDelegatedRequest, WsGap, WsResolved
 from pykka_ws._scheduler import SCHEDULER
 
@@ -129,7 +130,7 @@ class Recovery:
                 self._hook_garbage("probe", type(probe).__name__)
             return
         self._probes += 1
-        self._submit(probe).add_waiter(_ProbeWaiter(self.actor_ref, request.request_id))
+        self._submit(probe).add_waiter(TellOwner(self.actor_ref, _probe_done(request.request_id)))
 
     def _on_probe_done(self, message: ProbeDone) -> None:
         request = self._unresolved.pop(message.request_id, None)
@@ -214,27 +215,13 @@ class _Unconfirmed:
             self.owner._on_unconfirmed(self.request)  # noqa: SLF001 - its owner, same thread
 
 
-class _ProbeWaiter:
-    """Tells the owner `ProbeDone` (a Deferred waiter)."""
+def _probe_done(request_id: RequestId) -> Callable[[Any, BaseException | None], ProbeDone]:
+    """What a probe's end tells the owner: its reply, a refusal included ("not found")."""
 
-    __slots__ = ("owner", "request_id")
+    def build(value: Any, error: BaseException | None) -> ProbeDone:
+        if error is None:
+            return ProbeDone(request_id, getattr(value, "response", None), None)
+        response = error.response if isinstance(error, EndpointRejected) else None
+        return ProbeDone(request_id, response, error)
 
-    def __init__(self, owner: pykka.ActorRef[Any], request_id: RequestId) -> None:
-        self.owner = owner
-        self.request_id = request_id
-
-    def set_now(self, value: Any) -> None:
-        self._tell(getattr(value, "response", None), None)
-
-    def set_exception_now(self, exc_info: OptExcInfo) -> None:
-        error = exc_info[1]
-        # A refusal is an answer too: probe_result reads it ("order not found").
-        self._tell(
-            getattr(error, "response", None) if isinstance(error, EndpointRejected) else None, error
-        )
-
-    def _tell(self, response: Frame | None, error: BaseException | None) -> None:
-        try:
-            self.owner.tell(ProbeDone(self.request_id, response, error))
-        except pykka.ActorDeadError:
-            pass
+    return build
