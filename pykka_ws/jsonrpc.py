@@ -24,12 +24,25 @@ Example::
 
 The consumer gets every notification as a `WsInbound` whose ``message`` is
 the decoded JSON object (a `dict`).
+
+To resolve ``Unconfirmed`` calls (`WsResolved`), give the venue's status call:
+override `JsonRpcEndpoint.probe_call` (and `JsonRpcEndpoint.probe_reply`)::
+
+    class Venue(JsonRpcEndpoint):
+        def probe_call(self, request_id, call):
+            if call["method"] != "private/buy":
+                return None
+            return "private/get_order_state_by_label", {"label": call["params"]["label"]}
+
+        def probe_reply(self, reply):
+            result = reply.get("result")
+            return None if result is None else bool(result)  # []: not there
 """
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, ClassVar, TypedDict
 
 from pykka_ws._endpoint import WsEndpoint
 from pykka_ws._messages import WsDelegatedRequest, WsRequestMatch, check_request_id
@@ -93,12 +106,82 @@ class JsonRpcEndpoint(WsEndpoint):
     `parse`, which the actor calls next for the same frame on the same thread,
     takes it from there. Override `decode` to use another JSON decoder.
 
+    - Probes: a subclass that overrides `probe_call` (the venue's status
+      call for a call whose outcome was ambiguous) and `probe_reply` (what
+      its reply says) resolves ``Unconfirmed(written=True)`` calls: the
+      actor sends the status call under the id ``"probe:<request id>"``
+      (timeout `probe_timeout`) and tells `WsResolved`. A subclass that
+      overrides neither costs nothing per request.
+
     Subclass it to add ``on_open`` (authentication, subscriptions), ``route``
     or ``on_disconnect``; a subclass needs no ``__init__`` call to this class.
     """
 
+    probe_timeout: ClassVar[float] = 5.0
+    """Seconds a probe (the status call of `probe_call`) waits for its reply."""
+
     _last: tuple[Frame, Any] | None = None
     """The last frame `match_response` saw and what it decoded, until `parse`."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # The actor probes only for an endpoint whose class overrides
+        # WsEndpoint.probe (it watches each request's outcome then): install
+        # the JSON-RPC probe only where a status call is given.
+        if cls.probe_call is not JsonRpcEndpoint.probe_call and cls.probe is WsEndpoint.probe:
+            cls.probe = JsonRpcEndpoint._probe_by_status_call  # type: ignore[method-assign,assignment]
+            if cls.probe_result is WsEndpoint.probe_result:
+                cls.probe_result = JsonRpcEndpoint._read_probe_reply  # type: ignore[method-assign,assignment]
+
+    def probe_call(
+        self,
+        request_id: RequestId,  # noqa: ARG002
+        call: dict[str, Any],  # noqa: ARG002
+    ) -> tuple[str, Params | None] | None:
+        """Return ``(method, params)`` of the status call that tells whether ``call`` took effect.
+
+        Called on the actor's thread for each caller's call that ended
+        ``Unconfirmed(written=True)`` (not for heartbeats, subscriptions or
+        probes), after ``probe_delay`` and once a connection is open. E.g. for an order
+        placed with a label: ``("private/get_order_state_by_label",
+        {"label": call["params"]["label"]})``.
+
+        Args:
+            request_id: The ambiguous call's id.
+            call: The call, decoded (a JSON-RPC request object).
+
+        Returns:
+            The method and params of the status call, or None (default): no probe.
+        """
+        return None
+
+    def probe_reply(self, reply: dict[str, Any]) -> bool | None:  # noqa: ARG002
+        """Read the status call's reply object (its ``"result"``, or its ``"error"``).
+
+        Returns:
+            True if the ambiguous call took effect, False if the venue does
+            not have it (see the README: "not there *yet*"), None if the
+            reply does not say (the default).
+        """
+        return None
+
+    def _probe_by_status_call(
+        self, request_id: RequestId, frame: Frame
+    ) -> WsDelegatedRequest | None:
+        """`WsEndpoint.probe` for a subclass that overrides `probe_call`."""
+        call = self._decoded(frame)
+        if not isinstance(call, dict) or not isinstance(call.get("method"), str):
+            return None  # a batch, or not a call: nothing to ask
+        status = self.probe_call(request_id, call)
+        if status is None:
+            return None
+        method, params = status
+        return request(f"probe:{request_id}", method, params, timeout=self.probe_timeout)
+
+    def _read_probe_reply(self, response: Frame) -> bool | None:
+        """`WsEndpoint.probe_result` for a subclass that overrides `probe_call`."""
+        reply = self._decoded(response)
+        return self.probe_reply(reply) if isinstance(reply, dict) else None
 
     def decode(self, frame: Frame) -> Any:
         """Return the JSON value ``frame`` holds (`json.loads`; bytes may be UTF-8/16/32).

@@ -30,9 +30,11 @@ from pykka_ws import (
     WsConfirmMode,
     WsDelegatedOk,
     WsDelegatedRequest,
+    WsEndpoint,
     WsInbound,
     WsOutcome,
     WsRequestMatch,
+    WsResolved,
     jsonrpc,
 )
 from pykka_ws.jsonrpc import (
@@ -675,3 +677,134 @@ def test_a_batch_reply_partly_for_no_request_completes_and_passes_on(
     assert inbound.frame == ok.response
     assert isinstance(inbound.message, list)
     assert stats(ref).hook_errors == 0
+
+
+# -- the probe hook: resolving Unconfirmed calls ----------------------------------------
+
+
+class StatusVenue:
+    """Holds ``place`` calls silently (the ack is lost); ``status`` says what it holds.
+
+    ``status`` of a label it holds: the result ``"filled"``; of one it never
+    got: the error -32004 "order not found" (as venues answer).
+    """
+
+    def __init__(self) -> None:
+        self.held: set[str] = set()
+        self.calls: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, frame: str | bytes) -> str | None:
+        call = json.loads(frame)
+        with self.lock:
+            self.calls.append(call)
+        reply: dict[str, Any] = {"jsonrpc": "2.0", "id": call["id"]}
+        label = call["params"]["label"]
+        if call["method"] == "place":
+            if call["params"].get("lost"):
+                return None  # it never reached the venue's book
+            with self.lock:
+                self.held.add(label)
+            return None  # executed, the ack lost
+        if label in self.held:
+            return dumps({**reply, "result": "filled"})
+        return dumps({**reply, "error": {"code": -32004, "message": "order not found"}})
+
+
+class StatusEndpoint(JsonRpcEndpoint):
+    probe_timeout = 2.0
+
+    def probe_call(
+        self, request_id: Any, call: dict[str, Any]
+    ) -> tuple[str, jsonrpc.Params | None] | None:
+        if call["method"] != "place":
+            return None
+        return "status", {"label": call["params"]["label"]}
+
+    def probe_reply(self, reply: dict[str, Any]) -> bool | None:
+        if reply.get("result") == "filled":
+            return True
+        error = reply.get("error") or {}
+        return False if error.get("code") == -32004 else None
+
+
+@pytest.mark.parametrize(("lost", "executed"), [(False, True), (True, False)])
+def test_the_status_call_of_probe_call_resolves_an_unconfirmed_call(
+    lost: bool, executed: bool
+) -> None:
+    venue = StatusVenue()
+    with WsTestServer(venue) as srv:
+        sink: queue.Queue[Any] = queue.Queue()
+        ref = start(srv.url, StatusEndpoint(), probe_delay=0.05)
+        params = {"label": "o-5", "lost": lost}
+        ref.tell(request(5, "place", params, timeout=0.3, reply_to=Collector.start(sink)))
+        outcome = next_of(sink, WsOutcome)
+        assert isinstance(outcome.error, Unconfirmed)
+        resolved = next_of(sink, WsResolved)
+        assert resolved.request_id == 5
+        assert resolved.executed is executed
+        assert venue.calls[-1] == {
+            "jsonrpc": "2.0",
+            "id": "probe:5",
+            "method": "status",
+            "params": {"label": "o-5"},
+        }
+        reply = json.loads(resolved.response)
+        assert reply["id"] == "probe:5"
+        assert ("result" in reply) is executed  # an error reply is read by probe_reply too
+        assert stats(ref).probes == 1
+
+
+class AskingNothing(StatusEndpoint):
+    def __init__(self) -> None:
+        self.asked = threading.Event()
+
+    def probe_call(
+        self, request_id: Any, call: dict[str, Any]
+    ) -> tuple[str, jsonrpc.Params | None] | None:
+        self.asked.set()
+        return None
+
+
+def test_probe_call_returning_none_sends_no_probe_and_a_late_reply_still_resolves() -> None:
+    with WsTestServer(None) as silent:
+        sink: queue.Queue[Any] = queue.Queue()
+        endpoint = AskingNothing()
+        ref = start(silent.url, endpoint, probe_delay=0.05)
+        ref.tell(request(6, "place", {"label": "o-6"}, timeout=0.3, reply_to=Collector.start(sink)))
+        assert isinstance(next_of(sink, WsOutcome).error, Unconfirmed)
+        assert endpoint.asked.wait(10)  # the probe was due: probe_call said "nothing to ask"
+        assert stats(ref).probes == 0
+        silent.send_to_all(dumps({"jsonrpc": "2.0", "id": 6, "result": "filled"}))
+        resolved = next_of(sink, WsResolved)  # still waiting to be resolved
+        assert (resolved.request_id, resolved.executed) == (6, True)
+        assert [json.loads(f)["method"] for f in silent.received] == ["place"]
+
+
+def test_an_endpoint_without_probe_call_has_no_probe_and_costs_nothing() -> None:
+    class Plain(JsonRpcEndpoint):
+        def probe_reply(self, reply: dict[str, Any]) -> bool | None:
+            return True  # no probe_call: never used
+
+    # The actor watches outcomes only for classes that override WsEndpoint.probe.
+    assert JsonRpcEndpoint.probe is WsEndpoint.probe
+    assert Plain.probe is WsEndpoint.probe
+    assert Plain.probe_result is WsEndpoint.probe_result
+    assert StatusEndpoint.probe is not WsEndpoint.probe
+    frame = request_frame(7, "place", {"label": "x"})
+    probe = StatusEndpoint().probe(7, frame)
+    assert probe is not None
+    assert probe.request_id == "probe:7"
+    assert probe.timeout == 2.0
+    assert StatusEndpoint().probe(8, "not json") is None
+    assert StatusEndpoint().probe(9, dumps([json.loads(frame)])) is None  # a batch
+    assert StatusEndpoint().probe_result(b"\xff") is None
+
+
+def test_a_subclass_s_own_probe_is_kept() -> None:
+    class Own(StatusEndpoint):
+        def probe(self, request_id: Any, frame: str | bytes) -> WsDelegatedRequest | None:
+            return None
+
+    assert Own().probe(1, request_frame(1, "place", {"label": "x"})) is None
+    assert Own.probe_result is StatusEndpoint.probe_result
