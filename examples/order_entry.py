@@ -16,13 +16,19 @@ itself, and settles the permit when the `WsOutcome` comes back:
     Denied            the limiter said no: nothing is sent
     Confirmed / sent  commit the permit
     EndpointRejected  commit (the exchange saw it and counts it); show the reason
-    Unconfirmed       commit (it may have reached the exchange); reconcile later
+    Unconfirmed       commit (it may have reached the exchange); the
+                      WebSocket actor probes the exchange and tells the desk
+                      a `WsResolved`: did the order go through or not
     NotDelivered      refund the permit: it never left this process, so it is
                       safe to retry with the same id
 
 The script places orders that end in each of these, withdraws one that is
-still queued (`WsCancel`), retries an undelivered one with the same id, and
-reconciles the unconfirmed ones by asking the exchange what it holds.
+still queued (`WsCancel`), and retries an undelivered one with the same id.
+The unconfirmed ones are resolved by the actor's probes: `Exchange`, the
+endpoint, names the exchange's status call for an order
+(`JsonRpcEndpoint.probe_call`) and reads its answer (``probe_reply``); the
+actor sends it ``probe_delay`` seconds after the ambiguous outcome, once a
+connection is open, and tells the order's ``reply_to`` what it learned.
 
 The limiter is a small token bucket written here rather than a library:
 pyrate-limiter (4.5) and limits (5.8) have no way to give a permit back.
@@ -50,6 +56,7 @@ from pykka_ws import (
     EndpointRejected,
     NotDelivered,
     PayloadMismatch,
+    RequestId,
     TooManyPending,
     Unconfirmed,
     WebSocketActor,
@@ -64,12 +71,34 @@ from pykka_ws import (
     WsGetStats,
     WsLateResponse,
     WsOutcome,
+    WsResolved,
     WsStats,
     jsonrpc,
-    request,
 )
 
 WAIT = 15.0  # seconds any step of the example may take before it gives up
+
+
+# -- the endpoint ---------------------------------------------------------------
+
+
+class Exchange(jsonrpc.JsonRpcEndpoint):
+    """The example exchange's JSON-RPC API, with its status call for probes."""
+
+    def probe_call(
+        self,
+        request_id: RequestId,  # noqa: ARG002 - the label says which order
+        call: dict[str, Any],
+    ) -> tuple[str, jsonrpc.Params | None] | None:
+        """Ask for the orders held under a buy's label (a probe of an ambiguous buy)."""
+        if call["method"] != "private/buy":
+            return None
+        return "private/get_order_state_by_label", {"label": call["params"]["label"]}
+
+    def probe_reply(self, reply: dict[str, Any]) -> bool | None:
+        """The orders held under the label: some (it went through), none (it did not)."""
+        result = reply.get("result")
+        return None if result is None else bool(result)
 
 
 # -- the limiter ----------------------------------------------------------------
@@ -201,6 +230,8 @@ class Settled:
     order: Order
     outcome: Outcome
     permit: str  # "committed", "refunded" or "none"
+    # For an Unconfirmed order: what the WebSocket actor's probe learned.
+    resolution: pykka.Future[WsResolved] | None = field(default=None, compare=False)
 
 
 @dataclass(eq=False)
@@ -208,12 +239,16 @@ class Ticket:
     """An order in flight: the request's ``context``, handed back in its `WsOutcome`.
 
     It carries all the desk needs to settle the order when the outcome comes:
-    the order, its permit, and the receipt to resolve.
+    the order, its permit, and the receipt to resolve; and, for an
+    unconfirmed order, the future of its `WsResolved`.
     """
 
     order: Order
     permit: Permit
     receipt: pykka.ThreadingFuture[Settled] = field(repr=False)
+    resolution: pykka.ThreadingFuture[WsResolved] = field(
+        repr=False, default_factory=pykka.ThreadingFuture
+    )
 
 
 class OrderDesk(pykka.ThreadingActor):
@@ -236,6 +271,7 @@ class OrderDesk(pykka.ThreadingActor):
         self.bucket = bucket
         self.refunds = 0
         self.in_flight: set[Ticket] = set()
+        self.unresolved: set[Ticket] = set()
 
     def permits(self) -> tuple[int, int, int]:
         """Permits available, capacity, refunds so far (call through a proxy)."""
@@ -251,6 +287,10 @@ class OrderDesk(pykka.ThreadingActor):
                 except WsDelegatedError as error:
                     outcome = error
                 self.settle(ticket, outcome)
+            case WsResolved(context=Ticket() as ticket):
+                # The probe's answer for an unconfirmed order (or its late reply).
+                self.unresolved.discard(ticket)
+                ticket.resolution.set(message)
             case Withdraw(order_id=order_id):
                 # Answered by the WebSocket actor: True if the frame had not
                 # started writing. The order's outcome (NotDelivered) comes
@@ -263,6 +303,10 @@ class OrderDesk(pykka.ThreadingActor):
         for ticket in self.in_flight:
             stopped = RuntimeError(f"the desk stopped before order {ticket.order.order_id} settled")
             ticket.receipt.set_exception((RuntimeError, stopped, None))
+        for ticket in self.unresolved:
+            unresolved = f"the desk stopped before order {ticket.order.order_id} resolved"
+            stopped = RuntimeError(unresolved)
+            ticket.resolution.set_exception((RuntimeError, stopped, None))
 
     def place(self, order: Order) -> pykka.ThreadingFuture[Settled]:
         receipt: pykka.ThreadingFuture[Settled] = pykka.ThreadingFuture()
@@ -293,8 +337,12 @@ class OrderDesk(pykka.ThreadingActor):
             case _:
                 permit.commit()
                 note = "permit committed"
+        resolution = None
+        if isinstance(outcome, Unconfirmed) and outcome.written:
+            self.unresolved.add(ticket)  # the WebSocket actor probes it
+            resolution = ticket.resolution
         say(line(order, outcome, note))
-        ticket.receipt.set(Settled(order, outcome, permit.state))
+        ticket.receipt.set(Settled(order, outcome, permit.state, resolution))
 
 
 def line(order: Order, outcome: Outcome, permit: str) -> str:
@@ -310,9 +358,10 @@ def line(order: Order, outcome: Outcome, permit: str) -> str:
             name, note = "sent", "; written (sent mode waits for no reply)"
         case EndpointRejected(message=reason):
             name, note = "EndpointRejected", f"; the exchange said: {reason}"
-        case Unconfirmed(written=written):
-            name = "Unconfirmed"
-            note = f"; reconcile: it may have reached the exchange ({written=})"
+        case Unconfirmed(written=True):
+            name, note = "Unconfirmed", "; it may have reached the exchange: probing it"
+        case Unconfirmed():
+            name, note = "Unconfirmed", "; its write never finished"
         case NotDelivered():
             name, note = (
                 "NotDelivered",
@@ -366,18 +415,21 @@ def place(desk: pykka.ActorRef[OrderDesk], *orders: Order) -> list[Settled]:
     return [receipt.get(timeout=WAIT) for receipt in receipts]
 
 
-def reconcile(ws: pykka.ActorRef[Any], order: Order) -> None:
-    """Ask the exchange whether it holds an order whose outcome was ambiguous."""
-    params = {"label": order.label}
-    request_id = f"reconcile-{order.order_id}"
-    state = jsonrpc.request(request_id, "private/get_order_state_by_label", params)
-    reply = request(ws, state)
-    held = (jsonrpc.find_reply(reply.response or "", request_id) or {}).get("result") or []
-    if held:
-        states = ", ".join(f"{o['order_id']} {o['order_state']}" for o in held)
-        say(f"order {order.order_id}: the exchange holds it ({states}): it went through")
+def resolved(settled: Settled) -> None:
+    """Wait for the probe's answer for an unconfirmed order, and show it."""
+    if settled.resolution is None:
+        msg = f"order {settled.order.order_id} has nothing to resolve"
+        raise ValueError(msg)
+    answer = settled.resolution.get(timeout=WAIT)
+    order_id = settled.order.order_id
+    if answer.executed:
+        held = (jsonrpc.find_reply(answer.response or "", f"probe:{order_id}") or {}).get("result")
+        states = ", ".join(f"{o['order_id']} {o['order_state']}" for o in held or [])
+        say(f"order {order_id}: resolved: the exchange holds it ({states}): it went through")
+    elif answer.executed is False:
+        say(f"order {order_id}: resolved: the exchange never got it: safe to place again")
     else:
-        say(f"order {order.order_id}: the exchange never got it: safe to place again")
+        say(f"order {order_id}: unresolved: the probe got no answer; ask a human")
 
 
 def main(argv: list[str]) -> int:
@@ -389,9 +441,10 @@ def main(argv: list[str]) -> int:
     monitor = Monitor.start(up, down)
     ws = WebSocketActor.start(
         url,
-        endpoint=jsonrpc.JsonRpcEndpoint(),
+        endpoint=Exchange(),
         inbound=monitor,
         backoff=WsBackoff(initial=0.2, cap=0.5),  # quick reconnects for the demo
+        probe_delay=0.5,  # how long before a probe's "not there" can be trusted
     )
     # 6 permits, then one every 20 s: the script takes a few seconds, so the
     # last order finds none.
@@ -411,6 +464,8 @@ def main(argv: list[str]) -> int:
             Order(3, behaviour="reject"),
             Order(4, behaviour="silent", timeout=0.5),
         )
+        say("-- order 4 is unconfirmed: the WebSocket actor probes the exchange")
+        resolved(settled[3])
 
         say("-- order 5: the exchange takes it, then drops the connection and is down for 3 s")
         settled += place(desk, Order(5, behaviour="drop", down_for=3.0))
@@ -434,10 +489,8 @@ def main(argv: list[str]) -> int:
         say("-- order 8: no permit left")
         settled += place(desk, Order(8))
 
-        say("-- reconcile the unconfirmed orders")
-        for item in settled:
-            if isinstance(item.outcome, Unconfirmed):
-                reconcile(ws, item.order)
+        say("-- order 5 was unconfirmed too: probed once the exchange was back")
+        resolved(settled[4])
 
         stats = cast("WsStats", ws.ask(WsGetStats()))  # pykka's ask is typed Any
         say("ws outcomes: " + ", ".join(f"{k}={v}" for k, v in stats.outcomes.items() if v))
