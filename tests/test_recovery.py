@@ -19,6 +19,7 @@ from pykka_ws import (
     WsDisconnected,
     WsGap,
     WsInbound,
+    WsLateResponse,
     WsOutcome,
     WsResolved,
     WsSubscribe,
@@ -116,6 +117,57 @@ def test_a_written_request_on_a_lost_connection_is_resent_only_if_idempotent(
             assert excinfo.value.written is True
             assert reply.seen[7] == 1  # never on the wire twice
             assert stats(ref).resends == 0
+
+
+class AnswersBothAttemptsLate:
+    """Server: silent on the first copy of an id; on the second, answers both.
+
+    The reply to the first attempt comes after the second attempt was sent
+    (as a venue that was slow to acknowledge the first copy would send it),
+    then the reply to the second (its duplicate-order refusal, say).
+    """
+
+    def __init__(self) -> None:
+        self.seen: Counter[Any] = Counter()
+        self.lock = threading.Lock()
+
+    def __call__(self, frame: str | bytes) -> list[str] | None:
+        request_id = json.loads(frame)["id"]
+        with self.lock:
+            self.seen[request_id] += 1
+            copy = self.seen[request_id]
+        if copy == 1:
+            return None
+        return [
+            json.dumps({"id": request_id, "result": "first attempt"}),
+            json.dumps({"id": request_id, "result": "second attempt"}),
+        ]
+
+
+def test_a_reply_to_the_first_attempt_after_the_second_was_sent_completes_it_once() -> None:
+    venue = AnswersBothAttemptsLate()
+    with WsTestServer(venue) as srv:
+        sink: queue.Queue[Any] = queue.Queue()
+        ref = start(srv.url, inbound=Collector.start(sink))
+        assert next_of(sink, WsConnected).generation == 1
+        placed = ref.ask(
+            WsDelegatedRequest(8, req_frame(8), timeout=20.0, retry=True, idempotent=True),
+            block=False,
+        )
+        srv.wait_for_received(1)
+        wait_until(lambda: stats(ref).frames_out == 1, 5, "the write")
+        srv.close_connections()
+        ok = placed.get(timeout=20)
+        assert ok.confirmed is True
+        assert json.loads(ok.response) == {"id": 8, "result": "first attempt"}
+        late = next_of(sink, WsLateResponse)  # the second reply: the request had ended
+        assert late.request_id == 8
+        assert json.loads(late.frame) == {"id": 8, "result": "second attempt"}
+        assert venue.seen[8] == 2  # two attempts, no third
+        current = stats(ref)
+        assert current.resends == 1
+        assert current.outcomes["confirmed"] == 1
+        assert current.pending == 0
 
 
 # -- resolving Unconfirmed ------------------------------------------------------------
