@@ -337,6 +337,51 @@ def rss_bytes() -> int:
     return 0
 
 
+def raise_fd_limit(need: int = 0) -> tuple[bool, str]:
+    """Raise this process's soft open-file limit to its hard limit; say whether ``need`` fits.
+
+    Returns ``(enough, message)``: ``enough`` is False when even the hard
+    limit is below ``need`` file descriptors, and ``message`` then says how
+    to raise it.
+    """
+    try:
+        import resource  # noqa: PLC0415 - Unix only
+    except ImportError:  # pragma: no cover - not Unix
+        return True, "open-file limit unknown (no resource module)"
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, need, 65536)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < need:
+        return False, (
+            f"needs about {need} open files, the limit is {soft} (hard limit {hard}); "
+            f"raise it (ulimit -n {need}, or the hard limit in /etc/security/limits.conf)"
+        )
+    return True, f"open-file limit {soft}"
+
+
+def fd_limit() -> int:
+    """Return this process's soft open-file limit (a large number if unlimited)."""
+    try:
+        import resource  # noqa: PLC0415 - Unix only
+    except ImportError:  # pragma: no cover - not Unix
+        return 1 << 20
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 1 << 20 if soft == resource.RLIM_INFINITY else soft
+
+
+def open_fds() -> int:
+    """Return how many file descriptors this process has open (-1 if unknown)."""
+    try:
+        return sum(1 for _ in Path("/proc/self/fd").iterdir())
+    except OSError:
+        return -1
+
+
 def process_cpu_seconds(pid: int) -> float:
     """Return the user+system CPU seconds used so far by process ``pid`` (all threads)."""
     try:

@@ -66,6 +66,7 @@ class Fleet:
     def open(self) -> dict[str, Any]:
         """Open every connection; return the setup measurements."""
         threads_before = threading.active_count()
+        fds_before = common.open_fds()
         rss_before = common.rss_bytes()
         start = time.perf_counter()
         if self.kind == "lib":
@@ -99,6 +100,8 @@ class Fleet:
             "threads_after": threading.active_count(),
             "rss_before": rss_before,
             "rss_after": common.rss_bytes(),
+            "fds_before": fds_before,
+            "fds_after": common.open_fds(),
         }
 
     def cycle(self, driver: int, indexes: list[int]) -> None:
@@ -193,6 +196,11 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=600.0)
     args = parser.parse_args()
     cancel = _watchdog(args.max_seconds)
+    enough, message = common.raise_fd_limit(args.count * 4 + 64)
+    if not enough:
+        _emit({"error": f"fleet of {args.count}: {message}"})
+        cancel()
+        return
     ping = None if args.ping == "none" else float(args.ping)
     fleet = Fleet(args.kind, args.url, args.count, ping, args.drivers)
     try:

@@ -55,7 +55,8 @@ def ws_url(port: int) -> str:
 def start_actor(url: str, **kwargs: Any) -> pykka.ActorRef[WebSocketActor]:
     """Start a `WebSocketActor` without compression and wait until it is connected."""
     kwargs.setdefault("compression", None)
-    ref = WebSocketActor.start(url, endpoint=JsonRpcEndpoint(), **kwargs)
+    kwargs.setdefault("endpoint", JsonRpcEndpoint())
+    ref = WebSocketActor.start(url, **kwargs)
     wait_open(ref)
     return ref
 
@@ -78,3 +79,8 @@ def raw_connect(url: str, **kwargs: Any) -> ClientConnection:
     kwargs.setdefault("open_timeout", 20)
     kwargs.setdefault("legacy", True)  # connect directly, no context manager
     return connect(url, **kwargs)
+
+
+def push_request(count: int) -> str:
+    """Return the frame that asks bench/server.py to push ``count`` frames (it has no id)."""
+    return f'{{"push":{count}}}'

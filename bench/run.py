@@ -8,9 +8,20 @@ Sections (``--sections`` takes a comma-separated subset, default all):
   entries, and bytes per entry.
 - ``timer``: how late ``Unconfirmed`` arrives after the deadline, with 10,000
   requests pending on a silent server.
+- ``inbound``: frames/s delivered to a subscriber actor (100 B JSON frames
+  pushed by the server as fast as it can) vs raw websockets' ``recv()`` loop;
+  with a JSON matcher on every frame vs raw ``recv()`` + one ``json.loads``;
+  and parsed and routed by channel (``WsRoute``).
 - ``conns``: 200 connections in one process (in child processes, one for
   pykka-ws and one for raw): throughput, threads and RSS per connection.
+- ``conns1k``: the same with 1,000 connections (against an asyncio server in
+  its own process), with the time to open and close them all.
 - ``sio``: python-socketio's ``call()`` (optional: bench/requirements.txt).
+
+``--plot FILE`` measures sequential round trips of pykka-ws, raw websockets
+and python-socketio (interleaved rounds) and draws their latency CDF to FILE
+(PNG; needs matplotlib). Alone it runs only that; with ``--sections`` it runs
+those sections too.
 
 The WebSocket server (bench/server.py) runs in its own process. Each figure
 is the median of several rounds that alternate pykka-ws and its baseline, and
@@ -38,7 +49,16 @@ from typing import TYPE_CHECKING, Any
 import common
 import pykka
 from common import Child, Row, Section, check, median, percentile, ratio
-from rpc import notice_frame, raw_connect, reply_id, request_frame, start_actor, ws_url
+from rpc import (
+    JsonRpcEndpoint,
+    notice_frame,
+    push_request,
+    raw_connect,
+    reply_id,
+    request_frame,
+    start_actor,
+    ws_url,
+)
 
 import pykka_ws
 from pykka_ws import (
@@ -47,14 +67,18 @@ from pykka_ws import (
     WsConfirmMode,
     WsDelegatedError,
     WsDelegatedRequest,
+    WsEndpoint,
     WsGetStats,
+    WsInbound,
+    WsRequestMatch,
+    WsRoute,
     WsSend,
 )
 from pykka_ws._messages import frame_digest
 from pykka_ws._pending import PendingTable
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Hashable, Iterator
 
     from websockets.sync.client import ClientConnection
 
@@ -62,7 +86,7 @@ if TYPE_CHECKING:
 
     ActorRef = pykka.ActorRef[WebSocketActor]
 
-SECTIONS = ("seq", "pipe", "table", "timer", "conns", "sio")
+SECTIONS = ("seq", "pipe", "inbound", "table", "timer", "conns", "conns1k", "sio")
 SIO_REQUIREMENTS = "pip install -r bench/requirements.txt"
 _US = 1e6
 _PAUSE = threading.Event()  # never set: waiting on it is a plain pause
@@ -92,9 +116,16 @@ class Config:
     timer_rounds: int = 3
     timer_waiters: int = 4
     timer_probes: int = 200
+    inbound_frames: int = 50_000
+    inbound_rounds: int = 5
     connections: int = 200
     conn_seconds: float = 2.0
     conn_rounds: int = 3
+    connections_1k: int = 1000
+    conn1k_seconds: float = 3.0
+    conn1k_rounds: int = 3
+    plot_rounds: int = 7
+    plot_requests: int = 1500
     sio_requests: int = 1000
     sio_pipe_requests: int = 5000
 
@@ -113,9 +144,16 @@ QUICK = Config(
     timer_timeout=1.0,
     timer_rounds=1,
     timer_probes=50,
+    inbound_frames=5000,
+    inbound_rounds=2,
     connections=40,
     conn_seconds=0.5,
     conn_rounds=2,
+    connections_1k=100,
+    conn1k_seconds=0.5,
+    conn1k_rounds=1,
+    plot_rounds=2,
+    plot_requests=300,
     sio_requests=200,
     sio_pipe_requests=1000,
 )
@@ -521,6 +559,214 @@ def bench_pipe(ctx: Context) -> Section:
         "sends_refused": refused,
         "default_capacity_burst_refused": default_refused,
     }
+    return section
+
+
+# -- 2b. inbound frames to a subscriber ---------------------------------------
+
+
+class _Tally:
+    """What a `Subscriber` counted, shared with the thread that times the round."""
+
+    def __init__(self) -> None:
+        self.target = 0
+        self.count = 0
+        self.finished = 0.0
+        self.done = threading.Event()
+
+    def reset(self, target: int) -> None:
+        """Expect ``target`` frames next; raise if the last round saw more or fewer."""
+        if self.count != self.target:
+            raise BenchError(f"subscriber saw {self.count} frames, expected {self.target}")
+        self.done.clear()
+        self.count = 0
+        self.target = target
+
+
+class Subscriber(pykka.ThreadingActor):
+    """An inbound subscriber that counts `WsInbound` messages and notes when the last came."""
+
+    def __init__(self, tally: _Tally) -> None:
+        super().__init__()
+        self.tally = tally
+
+    def on_receive(self, message: Any) -> None:
+        """Count a frame; at the target, note the time and wake the timer."""
+        if isinstance(message, WsInbound):
+            tally = self.tally
+            tally.count += 1
+            if tally.count == tally.target:
+                tally.finished = time.perf_counter()
+                tally.done.set()
+
+
+class RoutedEndpoint(WsEndpoint):
+    """A market-data endpoint: a prefix test for replies, messages parsed and routed by channel."""
+
+    def match_response(self, frame: str | bytes) -> WsRequestMatch | None:
+        """Parse only frames that can be replies (they start with an id)."""
+        if isinstance(frame, str) and frame.startswith('{"id"'):
+            reply = json.loads(frame)
+            return WsRequestMatch(reply["id"], ok="error" not in reply)
+        return None
+
+    def parse(self, frame: str | bytes) -> Any:
+        """One ``json.loads`` per inbound frame."""
+        return json.loads(frame)
+
+    def route(self, message: Any) -> Hashable | None:
+        """The message's channel."""
+        return message.get("channel") if isinstance(message, dict) else None
+
+
+def lib_inbound(ref: ActorRef, tally: _Tally, n: int) -> dict[str, float]:
+    """Ask the server to push ``n`` frames; time them until the subscriber has the last."""
+    tally.reset(n)
+    frame = push_request(n)
+    cpu = time.process_time()
+    start = time.perf_counter()
+    ref.tell(WsSend(frame))
+    if not tally.done.wait(120):
+        raise BenchError(f"the subscriber got {tally.count} of {n} frames in 120 s")
+    elapsed = tally.finished - start
+    return _rate(n, elapsed, time.process_time() - cpu)
+
+
+def raw_inbound(ws: ClientConnection, n: int, *, parse: bool) -> dict[str, float]:
+    """Ask the server to push ``n`` frames; ``recv()`` them (``json.loads`` each if ``parse``)."""
+    recv = ws.recv
+    loads = json.loads
+    frame = push_request(n)
+    replies = 0
+    cpu = time.process_time()
+    start = time.perf_counter()
+    ws.send(frame)
+    if parse:
+        for _ in range(n):
+            message = loads(recv(timeout=30))
+            if "id" in message:  # what the matcher checks
+                replies += 1
+    else:
+        for _ in range(n):
+            recv(timeout=30)
+    elapsed = time.perf_counter() - start
+    if replies:
+        raise BenchError(f"{replies} pushed frames looked like replies")
+    return _rate(n, elapsed, time.process_time() - cpu)
+
+
+def raw_inbound_routed(ws: ClientConnection, n: int) -> dict[str, float]:
+    """Like `raw_inbound` with ``json.loads`` and a look at each message's channel."""
+    recv = ws.recv
+    loads = json.loads
+    frame = push_request(n)
+    other = 0
+    cpu = time.process_time()
+    start = time.perf_counter()
+    ws.send(frame)
+    for _ in range(n):
+        if loads(recv(timeout=30)).get("channel") != "ticks":
+            other += 1
+    elapsed = time.perf_counter() - start
+    if other:
+        raise BenchError(f"{other} pushed frames on another channel")
+    return _rate(n, elapsed, time.process_time() - cpu)
+
+
+def bench_inbound(ctx: Context) -> Section:
+    """Section 2b: frames/s delivered to a subscriber actor vs raw websockets' recv loop."""
+    cfg = ctx.config
+    n, rounds = cfg.inbound_frames, cfg.inbound_rounds
+    warm = min(n, 2000)
+    tallies = {name: _Tally() for name in ("plain", "json", "routed")}
+    subscribers = {name: Subscriber.start(tally) for name, tally in tallies.items()}
+    refs: list[ActorRef] = []
+    ws = raw_connect(ctx.url)
+    try:
+        plain = start_actor(ctx.url, endpoint=WsEndpoint(), inbound=subscribers["plain"])
+        refs.append(plain)
+        matched = start_actor(ctx.url, endpoint=JsonRpcEndpoint(), inbound=subscribers["json"])
+        refs.append(matched)
+        routed = start_actor(ctx.url, endpoint=RoutedEndpoint())
+        refs.append(routed)
+        routed.ask(WsRoute("ticks", subscribers["routed"]))
+        for ref, name in ((plain, "plain"), (matched, "json"), (routed, "routed")):
+            lib_inbound(ref, tallies[name], warm)
+        raw_inbound(ws, warm, parse=False)
+        raw_inbound(ws, warm, parse=True)
+        results = {
+            "plain": _interleave(
+                rounds,
+                ctx,
+                {
+                    "pykka-ws": lambda: lib_inbound(plain, tallies["plain"], n),
+                    "raw": lambda: raw_inbound(ws, n, parse=False),
+                },
+            ),
+            "json": _interleave(
+                rounds,
+                ctx,
+                {
+                    "pykka-ws": lambda: lib_inbound(matched, tallies["json"], n),
+                    "raw": lambda: raw_inbound(ws, n, parse=True),
+                },
+            ),
+            "routed": _interleave(
+                rounds,
+                ctx,
+                {
+                    "pykka-ws": lambda: lib_inbound(routed, tallies["routed"], n),
+                    "raw": lambda: raw_inbound_routed(ws, n),
+                },
+            ),
+        }
+        for tally in tallies.values():
+            tally.reset(0)  # checks the last round's count
+        dropped = sum(ref.ask(WsGetStats()).inbound_dropped for ref in refs)
+    finally:
+        for ref in refs:
+            ref.stop()
+        for subscriber in subscribers.values():
+            subscriber.stop()
+        ws.close()
+    section = Section("inbound", "2b. inbound frames to a subscriber actor (100 B JSON, pushed)")
+    labels = {
+        "plain": ("inbound frames to a subscriber", (">=", 0.9)),
+        "json": ("  with a JSON matcher on every frame", (">=", 0.8)),
+        "routed": ("  parsed + routed by channel (WsRoute)", None),
+    }
+    for key, (label, target) in labels.items():
+        lib_r, raw_r = results[key]["pykka-ws"], results[key]["raw"]
+        section.rows += [
+            _compare(label, _figure(lib_r, "rate"), _figure(raw_r, "rate"), "/s", target=target),
+            _compare(
+                "    client CPU per frame", _figure(lib_r, "cpu_us"), _figure(raw_r, "cpu_us"), "us"
+            ),
+            _compare(
+                "    server CPU per frame",
+                _figure(lib_r, "server_cpu_us"),
+                _figure(raw_r, "server_cpu_us"),
+                "us",
+            ),
+        ]
+    section.notes = [
+        (
+            f"{rounds} alternating rounds of {n:,} frames per figure; the server pushes "
+            "pre-encoded frames in 51 KB writes, as fast as the client reads"
+        ),
+        (
+            "pykka-ws: a WsSend asks for the push; timed until the subscriber actor has the last "
+            "WsInbound (default max_queue and subscriber_queue, overflow 'block'); raw: one "
+            "thread's recv() loop"
+        ),
+        (
+            "JSON matcher: match_response json.loads every frame (bench/rpc.py JsonRpcEndpoint) "
+            "vs raw recv + one json.loads; routed: a prefix test, parse = json.loads, route = "
+            "channel, one WsRoute, vs raw recv + json.loads + the channel's lookup"
+        ),
+        f"frames dropped for full subscribers: {dropped}",
+    ]
+    section.rounds = results
     return section
 
 
@@ -957,12 +1203,10 @@ def bench_timer(ctx: Context) -> Section:
 # -- 5. many connections -------------------------------------------------------
 
 
-def _fleet(kind: str, ctx: Context, count: int, ping: str) -> tuple[Child, dict[str, Any]]:
-    child = Child(
-        "fleet.py", "--kind", kind, "--url", ctx.url, "--count", str(count), "--ping", ping
-    )
+def _fleet(kind: str, url: str, count: int, ping: str) -> tuple[Child, dict[str, Any]]:
+    child = Child("fleet.py", "--kind", kind, "--url", url, "--count", str(count), "--ping", ping)
     try:
-        return child, child.read_json(timeout=180)
+        return child, child.read_json(timeout=300)
     except BaseException:
         child.close()
         raise
@@ -971,54 +1215,69 @@ def _fleet(kind: str, ctx: Context, count: int, ping: str) -> tuple[Child, dict[
 def _quit(child: Child) -> dict[str, Any]:
     try:
         child.send("quit")
-        return child.read_json(timeout=180)
+        return child.read_json(timeout=300)
     finally:
         child.close()
 
 
-def _per_connection(setup: dict[str, Any]) -> tuple[float, float]:
+def _per_connection(setup: dict[str, Any]) -> tuple[float, float, float]:
+    """Threads, RSS (KiB) and file descriptors per connection."""
     count = setup["connections"]
     threads = (setup["threads_after"] - setup["threads_before"]) / count
     rss = (setup["rss_after"] - setup["rss_before"]) / count / 1024
-    return threads, rss
+    fds = (setup["fds_after"] - setup["fds_before"]) / count
+    return threads, rss, fds
 
 
-def bench_conns(ctx: Context) -> Section:
-    """Section 5: many connections in one process."""
-    cfg = ctx.config
-    count, seconds = cfg.connections, cfg.conn_seconds
+def _run_fleets(
+    url: str,
+    count: int,
+    seconds: float,
+    rounds: int,
+    server_cpu: Callable[[], float],
+    *,
+    ping_none: bool,
+) -> dict[str, Any]:
+    """Open a fleet of each kind, drive them in alternating rounds, close them.
+
+    With ``ping_none``, a second fleet of each kind without keepalive is
+    opened and closed after, for its thread and memory figures.
+    """
     children: dict[str, Child] = {}
     setups: dict[str, dict[str, Any]] = {}
     stops: dict[str, dict[str, Any]] = {}
     runs: dict[str, list[dict[str, float]]] = {"pykka-ws": [], "raw": []}
     try:
         for name, kind in (("pykka-ws", "lib"), ("raw", "raw")):
-            children[name], setups[name] = _fleet(kind, ctx, count, "20")
-        for _ in range(cfg.conn_rounds):
+            children[name], setups[name] = _fleet(kind, url, count, "20")
+        for _ in range(rounds):
             for name, child in children.items():
-                server_before = ctx.server_cpu()
+                server_before = server_cpu()
                 child.send(f"run {seconds}")
-                result = child.read_json(timeout=seconds + 120)
-                result["server_cpu_s"] = ctx.server_cpu() - server_before
+                result = child.read_json(timeout=seconds + 300)
+                result["server_cpu_s"] = server_cpu() - server_before
                 result["rate"] = result["requests"] / result["elapsed"]
                 result["cpu_us"] = result["cpu"] / result["requests"] * _US
                 result["server_cpu_us"] = result["server_cpu_s"] / result["requests"] * _US
                 runs[name].append(result)
         for name in list(children):
             stops[name] = _quit(children.pop(name))
-        for name, kind in (("pykka-ws", "lib"), ("raw", "raw")):
-            child, setups[f"{name} ping=None"] = _fleet(kind, ctx, count, "none")
-            stops[f"{name} ping=None"] = _quit(child)
+        if ping_none:
+            for name, kind in (("pykka-ws", "lib"), ("raw", "raw")):
+                child, setups[f"{name} ping=None"] = _fleet(kind, url, count, "none")
+                stops[f"{name} ping=None"] = _quit(child)
     finally:
         for child in children.values():
             child.close()
+    return {"runs": runs, "setups": setups, "stops": stops}
+
+
+def _fleet_rows(count: int, data: dict[str, Any], *, ping_none: bool) -> list[Row]:
+    runs, setups, stops = data["runs"], data["setups"], data["stops"]
     lib_r, raw_r = runs["pykka-ws"], runs["raw"]
-    lib_threads, lib_rss = _per_connection(setups["pykka-ws"])
-    raw_threads, raw_rss = _per_connection(setups["raw"])
-    lib_threads_np, lib_rss_np = _per_connection(setups["pykka-ws ping=None"])
-    raw_threads_np, raw_rss_np = _per_connection(setups["raw ping=None"])
-    section = Section("conns", f"5. {count} connections in one process")
-    section.rows = [
+    lib_threads, lib_rss, lib_fds = _per_connection(setups["pykka-ws"])
+    raw_threads, raw_rss, raw_fds = _per_connection(setups["raw"])
+    rows = [
         _compare("total confirmed requests", _figure(lib_r, "rate"), _figure(raw_r, "rate"), "/s"),
         _compare(
             "  client CPU per request", _figure(lib_r, "cpu_us"), _figure(raw_r, "cpu_us"), "us"
@@ -1029,20 +1288,42 @@ def bench_conns(ctx: Context) -> Section:
             _figure(raw_r, "server_cpu_us"),
             "us",
         ),
-        _compare("threads per connection (ping 20 s)", lib_threads, raw_threads, "x"),
-        _compare("threads per connection (ping None)", lib_threads_np, raw_threads_np, "x"),
-        _compare("RSS per connection (ping 20 s)", lib_rss, raw_rss, "KiB"),
-        _compare("RSS per connection (ping None)", lib_rss_np, raw_rss_np, "KiB"),
+    ]
+    if ping_none:
+        lib_threads_np, lib_rss_np, _ = _per_connection(setups["pykka-ws ping=None"])
+        raw_threads_np, raw_rss_np, _ = _per_connection(setups["raw ping=None"])
+        rows += [
+            _compare("threads per connection (ping 20 s)", lib_threads, raw_threads, "x"),
+            _compare("threads per connection (ping None)", lib_threads_np, raw_threads_np, "x"),
+            _compare("RSS per connection (ping 20 s)", lib_rss, raw_rss, "KiB"),
+            _compare("RSS per connection (ping None)", lib_rss_np, raw_rss_np, "KiB"),
+        ]
+    else:
+        row = _compare("threads per connection (ping 20 s)", lib_threads, raw_threads, "x")
+        row = replace(row, target="pykka-ws <= 3", met=check(lib_threads, "<=", 3))
+        rows += [
+            row,
+            _compare("RSS per connection (ping 20 s)", lib_rss, raw_rss, "KiB"),
+            _compare("file descriptors per connection", lib_fds, raw_fds, "x"),
+        ]
+    rows += [
         _compare(
-            f"time to open {count}",
-            setups["pykka-ws"]["setup_s"],
-            setups["raw"]["setup_s"],
-            "s",
+            f"time to open {count:,}", setups["pykka-ws"]["setup_s"], setups["raw"]["setup_s"], "s"
         ),
         _compare(
-            f"time to close {count}", stops["pykka-ws"]["stop_s"], stops["raw"]["stop_s"], "s"
+            f"time to close {count:,}", stops["pykka-ws"]["stop_s"], stops["raw"]["stop_s"], "s"
         ),
     ]
+    return rows
+
+
+def bench_conns(ctx: Context) -> Section:
+    """Section 5: many connections in one process."""
+    cfg = ctx.config
+    count, seconds = cfg.connections, cfg.conn_seconds
+    data = _run_fleets(ctx.url, count, seconds, cfg.conn_rounds, ctx.server_cpu, ping_none=True)
+    section = Section("conns", f"5. {count} connections in one process")
+    section.rows = _fleet_rows(count, data, ping_none=True)
     section.notes = [
         (
             f"each side in its own child process; {cfg.conn_rounds} alternating rounds of "
@@ -1052,8 +1333,55 @@ def bench_conns(ctx: Context) -> Section:
             "threads and RSS: deltas over opening the connections (and one request each), "
             f"divided by {count}; raw opens them one by one, pykka-ws actors connect in parallel"
         ),
+        "server: bench/server.py (websockets' threading server, as in the other sections)",
     ]
-    section.rounds = {"runs": runs, "setups": setups, "stops": stops}
+    section.rounds = data
+    return section
+
+
+# A websockets client connection holds 4 descriptors (socket, selector, and a
+# socket pair to wake it); the server holds one per connection of both fleets.
+_FDS_PER_CONNECTION = 4
+_FD_MARGIN = 256
+
+
+def bench_conns1k(ctx: Context) -> Section:
+    """Section 5b: 1,000 connections in one process, against an asyncio server."""
+    cfg = ctx.config
+    wanted, seconds, rounds = cfg.connections_1k, cfg.conn1k_seconds, cfg.conn1k_rounds
+    count = wanted
+    notes = []
+    need = wanted * _FDS_PER_CONNECTION + _FD_MARGIN
+    enough, message = common.raise_fd_limit(need)  # the children inherit the raised limit
+    if not enough:
+        soft = common.fd_limit()
+        count = max(1, (soft - _FD_MARGIN) // _FDS_PER_CONNECTION)
+        notes.append(f"DEGRADED: {count} connections instead of {wanted}: {message}")
+        print(f"   conns1k: {notes[-1]}", file=sys.stderr, flush=True)
+    section = Section("conns1k", f"5b. {count:,} connections in one process (asyncio server)")
+    server, port = common.start_port_child("server.py", "--impl", "asyncio")
+    try:
+        url = ws_url(port)
+        data = _run_fleets(url, count, seconds, rounds, server.cpu_seconds, ping_none=False)
+    finally:
+        server.close()
+    section.rows = _fleet_rows(count, data, ping_none=False)
+    section.notes = [
+        *notes,
+        (
+            f"each side in its own child process; {rounds} alternating round(s) of {seconds:g} s; "
+            "4 driver threads keep one confirmed request in flight per connection"
+        ),
+        (
+            "server: bench/server.py --impl asyncio (one event loop; websockets' threading server "
+            "spends more CPU than the clients at this count and would set the pace)"
+        ),
+        (
+            f"threads, RSS and fds: deltas over opening the connections (and one request each), "
+            f"divided by {count:,}; default settings (ping_interval 20 s); {message}"
+        ),
+    ]
+    section.rounds = data
     return section
 
 
@@ -1200,14 +1528,93 @@ def bench_sio(ctx: Context) -> Section:
     return section
 
 
+# -- latency picture (--plot) -------------------------------------------------
+
+
+def plot_latencies(ctx: Context) -> tuple[dict[str, list[float]], list[str]]:
+    """Sequential round trips (us) of pykka-ws, raw websockets and python-socketio.
+
+    Interleaved rounds, like the sections; python-socketio is left out (and
+    said so) when its packages are missing.
+    """
+    cfg = ctx.config
+    n, rounds = cfg.plot_requests, cfg.plot_rounds
+    notes: list[str] = []
+    series: dict[str, list[float]] = {"pykka-ws": [], "raw websockets": []}
+    ref = start_actor(ctx.url)
+    ws = raw_connect(ctx.url)
+    sio_server: Child | None = None
+    client: Any = None
+    try:
+        runners: dict[str, Callable[[int], list[float]]] = {
+            "pykka-ws": lambda k: lib_sequential(ref, ctx, k)[0],
+            "raw websockets": lambda k: raw_sequential(ws, ctx, k)[0],
+        }
+        missing = _sio_missing()
+        if missing:
+            notes.append(f"python-socketio left out ({SIO_REQUIREMENTS}): {', '.join(missing)}")
+        else:
+            import socketio  # noqa: PLC0415 - optional dependency
+
+            sio_server, port = common.start_port_child("sio_server.py")
+            client = socketio.Client(reconnection=False)
+            client.connect(
+                f"http://{common.LOOPBACK}:{port}", transports=["websocket"], wait_timeout=10
+            )
+            sio = client
+            runners["python-socketio"] = lambda k: sio_sequential(sio, ctx, k)[0]
+            series["python-socketio"] = []
+        for runner in runners.values():
+            runner(cfg.warmup)
+        for _ in range(rounds):
+            for name, runner in runners.items():
+                _collect()
+                series[name].extend(_us(runner(n)))
+    finally:
+        ref.stop()
+        ws.close()
+        if client is not None:
+            client.disconnect()
+        if sio_server is not None:
+            sio_server.close()
+    return series, notes
+
+
+def write_plot(ctx: Context, path: Path, info: dict[str, Any]) -> dict[str, Any]:
+    """Measure the round trips, draw their CDF to ``path``, print and return percentiles."""
+    import plot  # noqa: PLC0415 - imports matplotlib
+
+    cfg = ctx.config
+    series, notes = plot_latencies(ctx)
+    note = (
+        f"bench/run.py --plot: {cfg.plot_rounds} interleaved rounds x {cfg.plot_requests} "
+        f"requests each, server in its own process; pykka-ws {info['commit']}"
+    )
+    plot.draw(path, {k: v for k, v in series.items() if v}, info, note)
+    summary = {
+        name: {q: percentile(v, q) for q in (50, 90, 99, 99.9)} for name, v in series.items() if v
+    }
+    print("== latency CDF (sequential round trips) ==")
+    for name, qs in summary.items():
+        figures = ", ".join(f"p{q:g} {value:,.0f} us" for q, value in qs.items())
+        print(f"   {name:16s} {figures} ({len(series[name]):,} samples)")
+    for line in notes:
+        print(f"   note: {line}")
+    size = path.stat().st_size
+    print(f"   picture written to {path} ({size / 1024:.0f} KiB)", flush=True)
+    return {"path": str(path), "bytes": size, "percentiles_us": summary, "notes": notes}
+
+
 # -- main ----------------------------------------------------------------------
 
 BENCHES: dict[str, Callable[[Context], Section]] = {
     "seq": bench_seq,
     "pipe": bench_pipe,
+    "inbound": bench_inbound,
     "table": bench_table,
     "timer": bench_timer,
     "conns": bench_conns,
+    "conns1k": bench_conns1k,
     "sio": bench_sio,
 }
 
@@ -1218,12 +1625,21 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds")
     parser.add_argument(
-        "--sections", default=",".join(SECTIONS), help="comma-separated sections to run"
+        "--sections",
+        help="comma-separated sections to run (default: all, or none with --plot)",
     )
     parser.add_argument("--rounds", type=int, help="alternating rounds per figure")
     parser.add_argument("--connections", type=int, help="connections in section conns")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write results as JSON")
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        metavar="FILE",
+        help="draw a CDF of sequential round trips (pykka-ws, raw, python-socketio) to FILE (PNG)",
+    )
     args = parser.parse_args(argv)
+    if args.sections is None:
+        args.sections = "" if args.plot is not None else ",".join(SECTIONS)
     chosen = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = [s for s in chosen if s not in SECTIONS]
     if unknown:
@@ -1235,6 +1651,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the chosen sections, print a table per section, optionally write JSON."""
     args = _parse_args(argv)
+    if args.plot is not None:
+        import plot  # noqa: PLC0415 - matplotlib only with --plot
+
+        missing = plot.matplotlib_missing()
+        if missing:
+            print(missing, file=sys.stderr)
+            return 2
     config = QUICK if args.quick else Config()
     if args.rounds is not None:
         config = replace(config, rounds=max(1, args.rounds))
@@ -1242,14 +1665,17 @@ def main(argv: list[str] | None = None) -> int:
         config = replace(config, connections=max(1, args.connections))
     info = common.machine_info(pykka_ws.__version__)
     print(common.render_machine(info))
-    print(f"  run     : {'--quick' if config.quick else 'full'}; sections {', '.join(args.chosen)}")
+    chosen = ", ".join(args.chosen) or "none"
+    plotting = f"; --plot {args.plot}" if args.plot is not None else ""
+    print(f"  run     : {'--quick' if config.quick else 'full'}; sections {chosen}{plotting}")
     print(flush=True)
     ctx = Context(config)
     sections: dict[str, Any] = {}
     failures = 0
     started = time.perf_counter()
     machine_before = common.cpu_times()
-    needs_server = any(s != "table" for s in args.chosen)
+    needs_server = args.plot is not None or any(s != "table" for s in args.chosen)
+    plotted: dict[str, Any] | None = None
     try:
         if needs_server:
             ctx.connect(*common.start_port_child("server.py"))
@@ -1266,6 +1692,13 @@ def main(argv: list[str] | None = None) -> int:
             print(common.render(section))
             print(f"   ({section.rounds['duration_s']:.1f} s)", flush=True)
             print(flush=True)
+        if args.plot is not None:
+            try:
+                plotted = write_plot(ctx, args.plot, info)
+            except Exception as exc:
+                failures += 1
+                print(f"   --plot FAILED: {type(exc).__name__}: {exc}", flush=True)
+            print(flush=True)
     finally:
         ctx.close()
     total = time.perf_counter() - started
@@ -1281,6 +1714,7 @@ def main(argv: list[str] | None = None) -> int:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "duration_s": total,
             "sections": sections,
+            "plot": plotted,
         }
         args.json.write_text(json.dumps(document, indent=2, default=str) + "\n", encoding="utf-8")
         print(f"results written to {args.json}")
