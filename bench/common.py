@@ -216,7 +216,14 @@ def _git(*args: str) -> subprocess.CompletedProcess[str] | None:
 
 
 def _git_commit() -> str:
-    """The commit under test, with ``+dirty`` if pykka_ws/ differs from it."""
+    """The commit under test, with ``+dirty`` if pykka_ws/ differs from it.
+
+    ``PYKKA_WS_BENCH_COMMIT`` names it instead, for a tree exported without
+    git (``git archive``).
+    """
+    named = os.environ.get("PYKKA_WS_BENCH_COMMIT")
+    if named:
+        return named
     done = _git("rev-parse", "--short", "HEAD")
     if done is None or done.returncode != 0:
         return "unknown"

@@ -1258,6 +1258,7 @@ def _run_fleets(
                 result["server_cpu_s"] = server_cpu() - server_before
                 result["rate"] = result["requests"] / result["elapsed"]
                 result["cpu_us"] = result["cpu"] / result["requests"] * _US
+                result["sys_pct"] = 100 * result["cpu_sys"] / max(result["cpu"], 1e-9)
                 result["server_cpu_us"] = result["server_cpu_s"] / result["requests"] * _US
                 runs[name].append(result)
         for name in list(children):
@@ -1281,6 +1282,9 @@ def _fleet_rows(count: int, data: dict[str, Any], *, ping_none: bool) -> list[Ro
         _compare("total confirmed requests", _figure(lib_r, "rate"), _figure(raw_r, "rate"), "/s"),
         _compare(
             "  client CPU per request", _figure(lib_r, "cpu_us"), _figure(raw_r, "cpu_us"), "us"
+        ),
+        _compare(
+            "    of which in the kernel", _figure(lib_r, "sys_pct"), _figure(raw_r, "sys_pct"), "%"
         ),
         _compare(
             "  server CPU per request",
