@@ -1310,7 +1310,11 @@ def _fleet_rows(count: int, data: dict[str, Any], *, ping_none: bool) -> list[Ro
             _compare("RSS per connection (ping 20 s)", lib_rss, raw_rss, "KiB"),
             _compare("file descriptors per connection", lib_fds, raw_fds, "x"),
         ]
+    failed = sum(r.get("failed", 0) for r in lib_r)
+    reconnects = max((r.get("reconnects", 0) for r in lib_r), default=0)
     rows += [
+        Row("pykka-ws requests not confirmed (all rounds)", failed, unit="n"),
+        Row("pykka-ws reconnects (all rounds)", reconnects, unit="n"),
         _compare(
             f"time to open {count:,}", setups["pykka-ws"]["setup_s"], setups["raw"]["setup_s"], "s"
         ),

@@ -130,7 +130,11 @@ async def serve_async(sock: socket.socket, done: threading.Event, max_seconds: f
     from websockets.asyncio.server import serve as serve_asyncio  # noqa: PLC0415
 
     loop = asyncio.get_running_loop()
-    async with serve_asyncio(handle_async, sock=sock, compression=None, max_size=2**20):
+    # No server pings: with a thousand connections a starved event loop would
+    # fail them on its own timeouts; the clients ping (their keepalive is measured).
+    async with serve_asyncio(
+        handle_async, sock=sock, compression=None, max_size=2**20, ping_interval=None
+    ):
         print(f"PORT {sock.getsockname()[1]}", flush=True)
         await loop.run_in_executor(None, done.wait, max_seconds)
 

@@ -44,7 +44,8 @@ def test_quick_inbound_and_1k_connections(tmp_path: Path) -> None:
     assert any(m.startswith("time to close") for m in metrics)
     for row in sections["inbound"]["rows"] + fleet:
         assert row["a"] is not None, row
-        assert row["b"] is not None, row
+        if not row["metric"].startswith("pykka-ws"):  # its own counts have no baseline
+            assert row["b"] is not None, row
 
 
 @pytest.mark.timeout(60)
