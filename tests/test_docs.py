@@ -137,7 +137,7 @@ def documented_names(text: str) -> dict[str, set[str]]:
     names: dict[str, set[str]] = {}
     module = ""
     directive = re.compile(
-        r"^\.\. (?:py:)?(\w+):: ([\w.]+)\n((?:[ \t]+:[\w-]+:.*\n)*)", re.MULTILINE
+        r"^\.\. (?:py:)?(\w+):: ([\w.]+)(?:\(.*\))?\n((?:[ \t]+:[\w-]+:.*\n)*)", re.MULTILINE
     )
     for match in directive.finditer(text):
         kind, target, options = match.groups()
