@@ -12,7 +12,9 @@ Threads and messages::
       WsWriter's reply future --callback--> owner.tell(WriteDone)
     websockets' receiving thread --tell(Inbound / Closed)--> owner
     connector thread --tell(Opened / OpenFailed)--> owner
-    scheduler thread (one per process) --tell(_Expire / _Reconnect / CreditCheck)--> owner
+    scheduler thread (one per process) --tell(_Expire / _Reconnect / CreditCheck /
+                                              KeepaliveTick / PongCheck)--> owner
+      owner --ask(Ping, block=False)--> WsWriter (a keepalive ping; PingSent back)
 
 The owner touches the socket in two places, both in `_wire` and neither
 blocking: a small batch written with ``MSG_DONTWAIT`` when the writer is
@@ -37,7 +39,14 @@ from pykka_ws._futures import (
     mark_owner_thread,
     unmark_owner_thread,
 )
-from pykka_ws._health import Health, HeartbeatDone, HeartbeatTick, StaleCheck
+from pykka_ws._health import (
+    Health,
+    HeartbeatDone,
+    HeartbeatTick,
+    KeepaliveTick,
+    PongCheck,
+    StaleCheck,
+)
 from pykka_ws._inbound import InboundPath
 from pykka_ws._lifecycle import OPEN, SLICE, ConnectionLife, GateDone, Reconnect
 from pykka_ws._messages import (
@@ -47,7 +56,6 @@ from pykka_ws._messages import (
     WsReconnect,
     WsRoute,
     WsSend,
-    WsStats,
     WsSubscribe,
     WsUnroute,
     WsUnsubscribe,
@@ -57,8 +65,9 @@ from pykka_ws._recovery import ProbeDone, ProbeDue, Recovery
 from pykka_ws._routing import Routing
 from pykka_ws._scheduler import SCHEDULER
 from pykka_ws._settings import check_settings
+from pykka_ws._stats import stats_of
 from pykka_ws._subscribers import CreditCheck, Subscribers
-from pykka_ws._wire import WriteDone, hand_to_writer, try_write_now
+from pykka_ws._wire import PingSent, WriteDone, hand_to_writer, try_write_now
 from pykka_ws._writer import WsWriter
 
 if TYPE_CHECKING:
@@ -66,7 +75,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
 
     from pykka_ws._core import Batch
-    from pykka_ws._messages import WsBackoff, WsHeartbeat
+    from pykka_ws._messages import WsBackoff, WsHeartbeat, WsStats
     from pykka_ws._scheduler import TimerHandle
     from pykka_ws._settings import Settings
 
@@ -270,6 +279,9 @@ class WebSocketActor(InboundPath, Routing, Recovery, Health, ConnectionLife, pyk
             HeartbeatDone: self._on_heartbeat_done,
             StaleCheck: self._on_stale_check,
             Pong: self._on_pong,
+            KeepaliveTick: self._on_keepalive_tick,
+            PingSent: self._on_ping_sent,
+            PongCheck: self._on_pong_check,
             ProbeDue: self._on_probe_due,
             ProbeDone: self._on_probe_done,
             WsRoute: self._on_route,
@@ -374,36 +386,7 @@ class WebSocketActor(InboundPath, Routing, Recovery, Health, ConnectionLife, pyk
         return refused
 
     def _on_get_stats(self, _message: WsGetStats) -> WsStats:
-        core = self._core
-        rtt_p50, rtt_p99 = self._rtt_percentiles()
-        return WsStats(
-            state=self._state,
-            connected_since=self._connected_since,
-            reconnects=self._reconnects,
-            pending=len(core.table),
-            queued=core.queued,
-            frames_in=self._frames_in,
-            frames_out=core.frames_out,
-            bytes_in=self._bytes_in,
-            bytes_out=core.bytes_out,
-            outcomes=dict(core.outcomes),
-            sends_refused=core.sends_refused,
-            stray_replies=core.stray_replies,
-            resends=core.resends,
-            gaps=self._gaps,
-            duplicates=self._duplicates,
-            probes=self._probes,
-            inbound_dropped=self._subscribers.dropped,
-            reply_to_dropped=self._drops.reply_to_dropped,
-            subscriptions=len(self._subscriptions),
-            rtt_p50=rtt_p50,
-            rtt_p99=rtt_p99,
-            url=self._url,
-            hook_errors=self._hook_errors + self._subscribers.dead,
-            last_error=self._last_error,
-            attempts=self._generation,
-            internal_errors=self._internal_errors,
-        )
+        return stats_of(self)
 
     # -- deadlines and bulk outcomes ------------------------------------------
 
@@ -464,10 +447,15 @@ class WebSocketActor(InboundPath, Routing, Recovery, Health, ConnectionLife, pyk
             connection = self._connection
             assert connection is not None  # noqa: S101 - the core is open only with one
             batch.connection = connection
-            if len(batch.claims) <= _TRY_NOW_MAX_FRAMES and self.actor_inbox.empty():
+            if (
+                len(batch.claims) <= _TRY_NOW_MAX_FRAMES
+                and self.actor_inbox.empty()
+                and not self._pinging
+            ):
                 # A few frames, an idle writer and nothing else to do: try a
                 # non-blocking write here, saving two thread hops. Under load
-                # (more messages waiting) the writer batches instead.
+                # (more messages waiting) the writer batches instead; while a
+                # keepalive ping is with the writer, so does this (see _wire).
                 # Whatever would block goes on to the writer (which then
                 # owns websockets' lock until it is done).
                 result = try_write_now(connection, batch, core.claims)

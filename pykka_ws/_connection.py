@@ -222,9 +222,9 @@ class Connection(ClientConnection):
                 self._fragments = []
                 self._deliver(data, text=self._fragments_text)
         elif opcode is Opcode.PONG:
-            latency = self.latency
+            solicited = data in self.pending_pings  # read without the lock: a hint
             self.acknowledge_pings(data)
-            if self.latency != latency:  # a keepalive round trip: a sample
+            if solicited:  # a keepalive round trip: a sample
                 sink = self._sink
                 sink.tell(Pong(sink.generation, self.latency), wait=False)
 

@@ -9,7 +9,13 @@ only). While a connection is open:
   round-trip sample;
 - with ``stale_after=seconds``, no inbound frame for that long fails the
   connection;
-- keepalive pongs are round-trip samples too (`_connection.Pong`).
+- with ``ping_interval``, a keepalive ping is sent every ``ping_interval``
+  seconds (timed by the process-wide scheduler, written by the writer: no
+  keepalive thread per connection); a pong that does not come within
+  ``ping_timeout`` fails the connection as websockets would (close code 1011,
+  "keepalive ping timeout"). The next ping goes ``ping_interval`` after the
+  last one was sent, once its pong came. Pongs are round-trip samples too
+  (`_connection.Pong`).
 
 `WsStats.rtt_p50` and ``rtt_p99`` come from the last `SAMPLES` samples.
 """
@@ -25,17 +31,28 @@ from pykka_ws._errors import EndpointRejected, Unconfirmed
 from pykka_ws._futures import TellOwner
 from pykka_ws._messages import WsDelegatedRequest
 from pykka_ws._scheduler import SCHEDULER
+from pykka_ws._wire import PingSent, fail_keepalive, hand_ping_to_writer
 
 if TYPE_CHECKING:
+    import threading
     from collections.abc import Callable
 
     import pykka
 
-    from pykka_ws._connection import Pong
+    from pykka_ws._connection import Connection, Pong
     from pykka_ws._futures import Deferred
     from pykka_ws._settings import Settings
 
-__all__ = ["SAMPLES", "Health", "HeartbeatDone", "HeartbeatTick", "StaleCheck", "percentile"]
+__all__ = [
+    "SAMPLES",
+    "Health",
+    "HeartbeatDone",
+    "HeartbeatTick",
+    "KeepaliveTick",
+    "PongCheck",
+    "StaleCheck",
+    "percentile",
+]
 
 logger = logging.getLogger("pykka_ws")
 
@@ -61,6 +78,25 @@ class StaleCheck:
         self.generation = generation
 
 
+class KeepaliveTick:
+    """Time for the next keepalive ping of ``generation`` (told by the scheduler)."""
+
+    __slots__ = ("generation",)
+
+    def __init__(self, generation: int) -> None:
+        self.generation = generation
+
+
+class PongCheck:
+    """Time to look whether the pong for ``pong`` came (told by the scheduler)."""
+
+    __slots__ = ("generation", "pong")
+
+    def __init__(self, generation: int, pong: threading.Event) -> None:
+        self.generation = generation
+        self.pong = pong
+
+
 class HeartbeatDone:
     """A heartbeat of ``generation`` ended (``error`` None: confirmed)."""
 
@@ -84,6 +120,8 @@ class Health:
     _generation: int
     _state: str
     _hook_errors: int
+    _connection: Connection | None
+    _writer: pykka.ActorRef[Any] | None
 
     def _init_health(self) -> None:
         self._rtts: deque[float] = deque(maxlen=SAMPLES)
@@ -92,6 +130,9 @@ class Health:
         self._beat_rtts: deque[float] = deque(maxlen=window)  # for the latency policy
         self._last_inbound = 0.0
         self._watch_stale = self._settings.stale_after is not None
+        self._pinging = False  # a keepalive ping is with the writer: write nothing here
+        self._ping_out: threading.Event | None = None  # the ping whose pong is awaited
+        self._ping_sent_at = 0.0
 
     # Provided by WebSocketActor and ConnectionLife (declared, not defined:
     # a stub here would come first in WebSocketActor's method order).
@@ -112,6 +153,46 @@ class Health:
         if settings.stale_after is not None:
             self._last_inbound = time.monotonic()
             SCHEDULER.call_later(settings.stale_after, self.actor_ref, StaleCheck(generation))
+        if settings.ping_interval is not None:
+            self._ping_out = None
+            SCHEDULER.call_later(settings.ping_interval, self.actor_ref, KeepaliveTick(generation))
+
+    # -- keepalive ------------------------------------------------------------
+
+    def _on_keepalive_tick(self, message: KeepaliveTick) -> None:
+        connection = self._connection
+        if not self._is_current(message.generation) or connection is None or self._pinging:
+            return  # pragma: no cover - a tick is scheduled only once per ping
+        assert self._writer is not None  # noqa: S101 - started before any connection
+        self._pinging = True
+        hand_ping_to_writer(self._writer, connection, message.generation, self.actor_ref)
+
+    def _on_ping_sent(self, message: PingSent) -> None:
+        self._pinging = False
+        interval, timeout = self._settings.pings
+        if message.pong is None or interval is None or not self._is_current(message.generation):
+            return  # the connection is ending: its Closed is on the way
+        self._ping_out, self._ping_sent_at = message.pong, message.sent_at
+        if timeout is None:  # no pong awaited: the next ping one interval on
+            SCHEDULER.call_at(
+                message.sent_at + interval, self.actor_ref, KeepaliveTick(message.generation)
+            )
+        else:
+            check = PongCheck(message.generation, message.pong)
+            SCHEDULER.call_at(message.sent_at + timeout, self.actor_ref, check)
+
+    def _on_pong_check(self, message: PongCheck) -> None:
+        connection = self._connection
+        if (
+            message.pong is not self._ping_out
+            or message.pong.is_set()
+            or not self._is_current(message.generation)
+            or connection is None
+        ):
+            return
+        self._ping_out = None
+        if not fail_keepalive(connection):  # a write holds websockets' lock
+            self._drop_connection(TimeoutError("keepalive ping timeout"))
 
     def _on_heartbeat_tick(self, message: HeartbeatTick) -> None:
         heartbeat = self._settings.heartbeat
@@ -187,6 +268,18 @@ class Health:
 
     def _on_pong(self, message: Pong) -> None:
         self._rtts.append(message.latency)
+        interval, timeout = self._settings.pings
+        pong = self._ping_out
+        if (
+            timeout is not None
+            and interval is not None
+            and pong is not None
+            and pong.is_set()
+            and self._is_current(message.generation)
+        ):
+            self._ping_out = None  # answered: the next ping one interval after this one
+            when = self._ping_sent_at + interval
+            SCHEDULER.call_at(when, self.actor_ref, KeepaliveTick(message.generation))
 
     def _rtt_percentiles(self) -> tuple[float | None, float | None]:
         if not self._rtts:

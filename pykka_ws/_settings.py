@@ -50,6 +50,18 @@ class Settings:
     """What it is given besides for a ``wss://`` URL."""
     heartbeat: WsHeartbeat | None
     stale_after: float | None
+    pings: tuple[float | None, float | None] = (None, None)
+    """Keepalive ``(ping_interval, ping_timeout)``: the owner's pings (see `_health`)."""
+
+    @property
+    def ping_interval(self) -> float | None:
+        """Seconds between keepalive pings; None: none."""
+        return self.pings[0]
+
+    @property
+    def ping_timeout(self) -> float | None:
+        """Seconds to wait for a keepalive pong before failing the connection; None: forever."""
+        return self.pings[1]
 
     @property
     def url(self) -> str:
@@ -108,7 +120,7 @@ def check_settings(
     if subscriber_overflow not in {"block", "drop"}:
         msg = f'subscriber_overflow must be "block" or "drop", not {subscriber_overflow!r}'
         raise ValueError(msg)
-    connect_kwargs, tls_kwargs = _connect_kwargs(
+    connect_kwargs, tls_kwargs, pings = _connect_kwargs(
         any(uri.secure for _, uri in urls),
         ping_interval=ping_interval,
         ping_timeout=ping_timeout,
@@ -141,6 +153,7 @@ def check_settings(
         tls_kwargs=tls_kwargs,
         heartbeat=checked_heartbeat,
         stale_after=check_optional_wait(stale_after, "stale_after"),
+        pings=pings,
     )
 
 
@@ -157,8 +170,13 @@ def _connect_kwargs(
     subprotocols: Iterable[str] | None,
     ssl: object,
     server_hostname: object,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Check websockets' own settings; return what ``connect()`` is given (and for TLS)."""
+) -> tuple[dict[str, Any], dict[str, Any], tuple[float | None, float | None]]:
+    """Check websockets' own settings; return what ``connect()`` is given (and for TLS).
+
+    The keepalive settings are returned apart: pings are the owner's, on the
+    process-wide scheduler (`_health`), so websockets is given none and
+    starts no keepalive thread per connection.
+    """
     if ssl is not None and not isinstance(ssl, ssl_module.SSLContext):
         msg = f"ssl must be an ssl.SSLContext, not {type(ssl).__name__}"
         raise TypeError(msg)
@@ -180,10 +198,12 @@ def _connect_kwargs(
         "proxy": None,
         "logger": RedactingLogger(logging.getLogger("websockets.client"), additional_headers or ()),
     }
+    pings = connect_kwargs["ping_interval"], connect_kwargs["ping_timeout"]
+    connect_kwargs["ping_interval"] = connect_kwargs["ping_timeout"] = None
     tls_kwargs: dict[str, Any] = {"ssl": ssl}
     if server_hostname is not None:
         tls_kwargs["server_hostname"] = server_hostname
-    return connect_kwargs, tls_kwargs
+    return connect_kwargs, tls_kwargs, pings
 
 
 def check_urls(url: object) -> list[tuple[str, WebSocketURI]]:

@@ -22,6 +22,14 @@ Lock contract:
   the frame being written and the rest of its window stay STARTED (none of
   them arrived whole) and later ones stay PENDING.
 
+Keepalive pings (the owner's, timed by the process-wide scheduler; see
+`_health`) are written by the writer too (`send_ping`, websockets' own
+``ping()`` under the protocol mutex), in the writer's FIFO with the batches.
+While one is handed to the writer the owner writes nothing itself, so a batch
+whose rest the owner hands over with the mutex held (``batch.held``) never
+waits behind a ping that waits for that mutex. A pong that does not come is
+failed by the owner without blocking (`fail_keepalive`).
+
 ``stop()`` is the one other place the socket is touched: it shuts a stuck
 socket down (`_connection.Connection.abort`) so a blocked writer returns.
 """
@@ -30,21 +38,37 @@ from __future__ import annotations
 
 import socket
 import ssl
+import time
 from typing import TYPE_CHECKING, Any, cast
 
 import pykka
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError
+from websockets.frames import CloseCode
 from websockets.protocol import State
 
 from pykka_ws._ws_compat import close_socket, protocol_mutex, set_transport_error
 
 if TYPE_CHECKING:
+    import threading
+
     from pykka_ws._claims import Claim, ClaimLock
     from pykka_ws._connection import Connection
     from pykka_ws._core import Batch
     from pykka_ws._futures import CallbackFuture
 
-__all__ = ["WRITE_WINDOW", "Held", "WriteDone", "WriteResult", "hand_to_writer", "write_batch"]
+__all__ = [
+    "WRITE_WINDOW",
+    "Held",
+    "Ping",
+    "PingSent",
+    "WriteDone",
+    "WriteResult",
+    "fail_keepalive",
+    "hand_ping_to_writer",
+    "hand_to_writer",
+    "send_ping",
+    "write_batch",
+]
 
 _MSG_DONTWAIT: int = getattr(socket, "MSG_DONTWAIT", 0)
 _CAN_TRY_NOW = _MSG_DONTWAIT != 0
@@ -283,3 +307,94 @@ def _send_window(
         return done, sent, None
     set_transport_error(connection, error)
     return done, sent, error
+
+
+class Ping:
+    """Send a keepalive ping on ``connection`` (asked of the writer)."""
+
+    __slots__ = ("connection",)
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+
+class PingSent:
+    """The writer sent a keepalive ping of ``generation`` (told to the owner).
+
+    ``pong`` is set when the pong comes (or the connection closes); None if
+    the connection was no longer open. ``error`` if the write failed.
+    """
+
+    __slots__ = ("error", "generation", "pong", "sent_at")
+
+    def __init__(
+        self,
+        generation: int,
+        pong: threading.Event | None,
+        sent_at: float,
+        error: BaseException | None,
+    ) -> None:
+        self.generation = generation
+        self.pong = pong
+        self.sent_at = sent_at
+        self.error = error
+
+
+def hand_ping_to_writer(
+    writer: pykka.ActorRef[Any], connection: Connection, generation: int, owner: pykka.ActorRef[Any]
+) -> None:
+    """Ask the writer to send a keepalive ping; `PingSent` comes back (owner)."""
+    future = cast("CallbackFuture", writer.ask(Ping(connection), block=False))
+
+    def done(result: Any, error: BaseException | None) -> None:
+        pong, sent_at = result if error is None else (None, time.monotonic())
+        try:
+            owner.tell(PingSent(generation, pong, sent_at, error))
+        except pykka.ActorDeadError:
+            pass
+
+    future.add_done_callback(done)
+
+
+def send_ping(connection: Connection) -> tuple[threading.Event | None, float]:
+    """Send a keepalive ping, blocking like any write (writer thread).
+
+    websockets' own ``ping()``: under the protocol mutex; a failed write
+    closes the connection (its receiving thread then tells the owner).
+    Returns the pong event (None if the connection is not open) and when.
+    """
+    sent_at = time.monotonic()
+    if connection.protocol.state is not State.OPEN:
+        return None, sent_at
+    try:
+        return connection.ping(ack_on_close=True), sent_at
+    except ConnectionClosed:
+        return None, sent_at
+
+
+def fail_keepalive(connection: Connection) -> bool:
+    """Fail a connection whose keepalive pong did not come (owner, never blocking).
+
+    As websockets' keepalive does: a close frame with code 1011 ("keepalive
+    ping timeout"), written if the kernel takes it at once, then the socket
+    is shut down; the receiving thread ends and tells the owner `Closed`,
+    whose cause says so. Returns False if a write holds websockets' mutex
+    (the caller then drops the connection with a cause of its own).
+    """
+    mutex = protocol_mutex(connection)
+    if not mutex.acquire(blocking=False):
+        return False
+    try:
+        protocol = connection.protocol
+        if protocol.state is State.OPEN:
+            protocol.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+            data = b"".join(protocol.data_to_send())
+            if _CAN_TRY_NOW and not isinstance(connection.socket, ssl.SSLSocket):
+                try:
+                    connection.socket.send(data, _MSG_DONTWAIT)
+                except OSError:
+                    pass  # the connection is being failed anyway
+    finally:
+        mutex.release()
+    connection.abort()
+    return True

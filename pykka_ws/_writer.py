@@ -16,7 +16,7 @@ import pykka
 
 from pykka_ws._core import Batch
 from pykka_ws._futures import CallbackFuture
-from pykka_ws._wire import write_batch
+from pykka_ws._wire import Ping, send_ping, write_batch
 
 if TYPE_CHECKING:
     from pykka_ws._claims import ClaimLock
@@ -40,7 +40,9 @@ class WsWriter(pykka.ThreadingActor):
         self._claims = claims
 
     def on_receive(self, message: Any) -> Any:
-        """Write a `Batch`; return a `_wire.WriteResult`."""
+        """Write a `Batch` (return a `_wire.WriteResult`) or send a keepalive `_wire.Ping`."""
         if isinstance(message, Batch):
             return write_batch(message, self._claims)
+        if isinstance(message, Ping):
+            return send_ping(message.connection)
         return super().on_receive(message)

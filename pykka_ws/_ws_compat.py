@@ -23,14 +23,19 @@ Attributes and methods read or called (wrapped below):
   ``close_exc``, ``receive_data`` (public Sans-I/O API of the protocol).
 - ``ClientConnection.send_data()``: flush the protocol's output after
   ``protocol.fail()``.
-- ``ClientConnection.acknowledge_pings()``: settle keepalive pings on a pong.
+- ``ClientConnection.acknowledge_pings()``: settle keepalive pings on a pong;
+  ``pending_pings`` (read, as a hint, to tell a solicited pong from another).
+- ``ClientConnection.ping(ack_on_close=True)`` (public): the owner's keepalive
+  pings, written by the writer. websockets is given ``ping_interval=None``,
+  so it starts no keepalive thread of its own.
 
 Methods overridden by `_connection.Connection`:
 
 - ``process_event(event)``: complete messages go to the owner actor instead
   of websockets' assembler (no second queue).
 - ``recv_events()``: wrapped to tell the owner when the connection ends.
-- ``start_keepalive()``: wrapped to name the keepalive thread.
+- ``start_keepalive()``: wrapped to name the keepalive thread (none is
+  started: pykka-ws sends its own pings).
 - ``maybe_raise_legacy_warning()``: silenced (we never use the connection
   as a context manager).
 """
