@@ -82,8 +82,9 @@ class WsEndpoint:
         subscription (the `WsSubscribe` with that key) without dropping the
         connection, and tells `WsGap`; a number at or below the last seen is
         a duplicate, dropped and counted. Numbers must keep increasing
-        across resubscriptions (a venue's update id does). None (default):
-        not sequenced.
+        across resubscriptions (a venue's update id does); a new connection
+        starts every stream afresh (its first number is the baseline).
+        None (default): not sequenced.
         """
         return None
 

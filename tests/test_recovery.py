@@ -228,6 +228,32 @@ def test_an_order_executed_before_the_break_is_resolved_by_its_probe() -> None:
         assert stats(ref).probes == 1
 
 
+def test_a_frame_buffered_before_the_break_and_executed_after_it_is_found_by_the_probe() -> None:
+    # The peer goes silent with the order in a buffer on the way (the proxy
+    # holds it): the actor sees a dead peer, the order ends Unconfirmed, and
+    # the venue only gets it when the path comes back. probe_delay is what
+    # keeps the probe from asking before the order can have arrived.
+    venue = Venue()
+    with WsTestServer(venue) as srv, FaultProxy("127.0.0.1", srv.port) as proxy:
+        sink: queue.Queue[Any] = queue.Queue()
+        desk = Collector.start(sink)
+        ref = start(
+            proxy.url, ProbingEndpoint(), probe_delay=2.0, ping_interval=0.2, ping_timeout=0.3
+        )
+        proxy.blackhole()
+        ref.tell(WsDelegatedRequest(14, req_frame(14, "place"), timeout=30.0, reply_to=desk))
+        outcome = next_of(sink, WsOutcome)  # the dead peer is noticed: ambiguous
+        assert isinstance(outcome.error, Unconfirmed)
+        assert outcome.error.written is True
+        assert 14 not in venue.orders  # held on the way
+        proxy.restore()  # the buffered order reaches the venue now, after the break
+        resolved = next_of(sink, WsResolved, 20)
+        assert (resolved.request_id, resolved.executed) == (14, True)
+        kinds = ["status" if "status_of" in json.loads(f) else "order" for f in srv.received]
+        assert kinds == ["order", "status"]  # the order arrived before the probe asked
+        assert stats(ref).probes == 1
+
+
 def test_a_probe_that_is_not_answered_resolves_as_unknown() -> None:
     venue = Venue(answer_probes=False)
     with WsTestServer(venue) as srv:
