@@ -7,7 +7,10 @@
   ``probe_delay`` seconds have passed; `WsEndpoint.probe_result` reads the
   answer, and `WsResolved` is told to the request's ``reply_to`` and to the
   subscribers. A late reply to such a request resolves it the same way (and
-  no probe is sent). At most `MAX_UNRESOLVED` requests wait to be resolved.
+  no probe is sent). At most `MAX_UNRESOLVED` requests wait to be resolved,
+  and at most `MAX_PROBES_IN_FLIGHT` probes are in flight at once: after a
+  break that leaves a thousand orders ambiguous, the probes go out a few at
+  a time and leave the pending table to the callers.
 - **Per-stream gaps.** With `WsEndpoint.sequence`, a skipped number re-sends
   that stream's subscription and tells `WsGap`; duplicates are dropped.
 """
@@ -35,7 +38,7 @@ if TYPE_CHECKING:
     from pykka_ws._messages import Frame, RequestId
     from pykka_ws._subscribers import Subscribers
 
-__all__ = ["MAX_UNRESOLVED", "ProbeDone", "ProbeDue", "Recovery"]
+__all__ = ["MAX_PROBES_IN_FLIGHT", "MAX_UNRESOLVED", "ProbeDone", "ProbeDue", "Recovery"]
 
 logger = logging.getLogger("pykka_ws")
 
@@ -44,6 +47,9 @@ MAX_STREAMS = 4096
 
 MAX_UNRESOLVED = 4096
 """Most Unconfirmed requests waiting for a probe or a late reply at once."""
+
+MAX_PROBES_IN_FLIGHT = 16
+"""Most probes in flight at once; the others wait for one to end, in order."""
 
 _PROBE_TRIES = 60
 """How often a probe waits ``probe_delay`` more for an open connection."""
@@ -96,6 +102,9 @@ class Recovery:
         self._gaps = 0
         self._duplicates = 0
         self._probes = 0
+        self._probes_in_flight = 0
+        # Due probes waiting for a free slot (MAX_PROBES_IN_FLIGHT), in order.
+        self._probes_waiting: OrderedDict[RequestId, None] = OrderedDict()
 
     # -- resolving Unconfirmed ---------------------------------------------------
 
@@ -109,13 +118,17 @@ class Recovery:
         unresolved[request.request_id] = request
         unresolved.move_to_end(request.request_id)
         if len(unresolved) > MAX_UNRESOLVED:
-            unresolved.popitem(last=False)
+            forgotten, _ = unresolved.popitem(last=False)
+            self._probes_waiting.pop(forgotten, None)
         SCHEDULER.call_later(self._probe_delay, self.actor_ref, ProbeDue(request.request_id))
 
     def _on_probe_due(self, message: ProbeDue) -> None:
         request = self._unresolved.get(message.request_id)
         if request is None:
             return  # resolved already (a late reply)
+        if self._probes_in_flight >= MAX_PROBES_IN_FLIGHT:
+            self._probes_waiting[message.request_id] = None  # sent when a probe ends
+            return
         if self._state != "open":
             if message.tries < _PROBE_TRIES:
                 again = ProbeDue(message.request_id, message.tries + 1)
@@ -130,9 +143,15 @@ class Recovery:
                 self._hook_garbage("probe", type(probe).__name__)
             return
         self._probes += 1
+        self._probes_in_flight += 1
         self._submit(probe).add_waiter(TellOwner(self.actor_ref, _probe_done(request.request_id)))
 
     def _on_probe_done(self, message: ProbeDone) -> None:
+        self._probes_in_flight -= 1
+        waiting = self._probes_waiting
+        while waiting and self._probes_in_flight < MAX_PROBES_IN_FLIGHT:
+            request_id, _ = waiting.popitem(last=False)
+            self._on_probe_due(ProbeDue(request_id))
         request = self._unresolved.pop(message.request_id, None)
         if request is None:
             return

@@ -24,12 +24,14 @@ from pykka_ws import (
     WsResolved,
     WsSubscribe,
 )
+from pykka_ws._recovery import MAX_PROBES_IN_FLIGHT
 from pykka_ws.testing import FaultProxy, WsTestServer
 
 from .support import (
     FAST_BACKOFF_LOW_CAP,
     Collector,
     JsonEndpoint,
+    inspectable,
     json_reply,
     next_of,
     req_frame,
@@ -283,6 +285,67 @@ def test_a_late_reply_resolves_an_unconfirmed_request_and_no_probe_is_sent() -> 
         assert resolved.executed is True
         assert json.loads(resolved.response) == {"id": 13, "result": "ok"}
         assert stats(ref).probes == 0
+
+
+class HeldProbes:
+    """A venue that executes orders silently and holds every probe until released."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.held: list[str] = []
+        self.most_held = 0
+        self.released = False
+
+    def __call__(self, frame: str | bytes) -> str | None:
+        data = json.loads(frame)
+        if "status_of" not in data:
+            return None  # executed; the ack is lost
+        answer = json.dumps({"id": data["id"], "result": {"status": "filled"}})
+        with self.lock:
+            if self.released:
+                return answer
+            self.held.append(answer)
+            self.most_held = max(self.most_held, len(self.held))
+        return None
+
+    def release(self) -> list[str]:
+        with self.lock:
+            self.released = True
+            held, self.held = self.held, []
+        return held
+
+
+def test_probes_after_a_mass_break_go_out_a_few_at_a_time() -> None:
+    count = MAX_PROBES_IN_FLIGHT + 24
+    venue = HeldProbes()
+    actor_class, instances = inspectable()
+    with WsTestServer(venue) as srv:
+        sink: queue.Queue[Any] = queue.Queue()
+        desk = Collector.start(sink)
+        ref = start(srv.url, ProbingEndpoint(), probe_delay=0.01, actor=actor_class)
+        for request_id in range(count):
+            ref.tell(
+                WsDelegatedRequest(
+                    request_id, req_frame(request_id, "place"), timeout=30.0, reply_to=desk
+                )
+            )
+        srv.wait_for_received(count)
+        wait_until(lambda: stats(ref).frames_out == count, 5, "the writes")
+        srv.close_connections()  # every order ambiguous at once
+        actor = instances[0]
+        # The first MAX_PROBES_IN_FLIGHT probes are sent; the others wait for a slot.
+        wait_until(lambda: len(actor._probes_waiting) == count - MAX_PROBES_IN_FLIGHT, 10, "queue")
+        wait_until(lambda: len(venue.held) == MAX_PROBES_IN_FLIGHT, 10, "the first probes")
+        assert stats(ref).probes == MAX_PROBES_IN_FLIGHT
+        srv.wait_for_open_connections(1)
+        for answer in venue.release():
+            srv.send_to_all(answer)
+        told = [sink.get(timeout=10) for _ in range(2 * count)]
+        resolved = sorted(m.request_id for m in told if isinstance(m, WsResolved))
+        assert resolved == list(range(count))
+        assert all(m.executed for m in told if isinstance(m, WsResolved))
+        assert venue.most_held == MAX_PROBES_IN_FLIGHT
+        assert stats(ref).probes == count
 
 
 # -- per-stream gap recovery -------------------------------------------------------------
