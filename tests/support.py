@@ -34,6 +34,7 @@ from pykka_ws import (
     WsGetStats,
     WsLateResponse,
     WsRequestMatch,
+    WsResolved,
     WsStats,
 )
 
@@ -289,20 +290,27 @@ class Tally(pykka.ThreadingActor):
 
     It counts the messages by type name, and the `WsLateResponse` ones by
     request id too. Asked ``"counts"``, it answers both as they are at that
-    moment: ``(counts by type name, late responses by request id)``.
+    moment: ``(counts by type name, late responses by request id)``. Asked
+    ``"resolved"``, it answers each `WsResolved` it was told: ``{request id:
+    [executed, ...]}``.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.counts: Counter[str] = Counter()
         self.late: Counter[object] = Counter()
+        self.resolved: dict[object, list[bool | None]] = {}
 
     def on_receive(self, message: Any) -> Any:
         if message == "counts":
             return dict(self.counts), dict(self.late)
+        if message == "resolved":
+            return {key: list(value) for key, value in self.resolved.items()}
         self.counts[type(message).__name__] += 1
         if isinstance(message, WsLateResponse):
             self.late[message.request_id] += 1
+        elif isinstance(message, WsResolved):
+            self.resolved.setdefault(message.request_id, []).append(message.executed)
         return None
 
 

@@ -11,10 +11,23 @@ checks the invariants of DESIGN.md section 6 against them:
 2. a request that failed before reaching the socket (`NotDelivered`,
    `PayloadMismatch`, `TooManyPending`) was never received by the server;
 3. a joined group is one frame on the wire (and no request is ever written
-   twice, across reconnections included);
+   twice, across reconnections included), unless it is ``idempotent``;
 4. after the last deadline the pending table and the queues are empty;
 5. no library thread is alive after stop;
-6. the actor stays alive and answering throughout.
+6. the actor stays alive and answering throughout;
+7. outcome-driven retry (``retry=True``, some ``idempotent=True``): no
+   non-idempotent request is ever on the wire twice, no attempt is written
+   after its request ended, and every extra copy on the wire is counted in
+   ``WsStats.resends``;
+8. probes (the endpoint probes every ``Unconfirmed(written=True)`` request;
+   the server answers them truthfully, when its faults let it answer at all):
+   `WsResolved` only for a request that ended so, at most once per entry,
+   ``executed=True`` only for a request the server received, and
+   ``executed=False`` only for one it had not received when it answered the
+   probe (or refused).
+
+Sequence gaps get a chaos run of their own below (a seeded server that skips
+numbers, repeats them and drops the connection at random).
 
 The seed is printed and included in every failure message; set
 ``PYKKA_WS_CHAOS_SEED`` to replay one (the server's faults and the callers'
@@ -32,6 +45,7 @@ import contextlib
 import json
 import logging
 import os
+import queue
 import random
 import socket
 import ssl
@@ -40,6 +54,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +70,15 @@ from pykka_ws import (
     Unconfirmed,
     WebSocketActor,
     WsConfirmMode,
+    WsConnected,
     WsDelegatedOk,
     WsDelegatedRequest,
+    WsGap,
     WsGetStats,
+    WsInbound,
     WsSend,
     WsStats,
+    WsSubscribe,
 )
 from pykka_ws.testing import (
     ChaosServer,
@@ -74,12 +93,14 @@ from pykka_ws.testing import (
 from .support import (
     DEADLINE_SLACK,
     FAST_BACKOFF,
+    Collector,
     JsonEndpoint,
     Tally,
     json_reply,
     json_with_id,
     pause,
     req_frame,
+    stats,
     wait_no_library_threads,
     wait_state,
     wait_until,
@@ -90,6 +111,12 @@ pytestmark = pytest.mark.timeout(120)
 CLIENT_MAX_SIZE = 32 * 1024
 MIN_TIMEOUT = 0.2
 MAX_TIMEOUT = 1.0
+PROBE_DELAY = 0.2
+PROBE_TIMEOUT = 0.5
+# A request frame on a connection whose first frame (the on_open auth frame)
+# the server received this long after the request ended was written after it
+# ended: no attempt may be. (The margin covers loopback and thread latency.)
+AFTER_END_MARGIN = 2.0
 
 CHAOS_WEIGHTS = {
     Fault.CONFIRM: 50.0,
@@ -133,6 +160,47 @@ def confirm(frame: Frame) -> Frame | None:
     return None if request_id is None else json.dumps({"id": request_id, "result": "ok"})
 
 
+class TruthfulConfirm:
+    """The server's confirm function: a probe is answered by what the server received.
+
+    The ids received are read from the server's connection logs, each frame
+    parsed once (a probe must not make the server slow: its replies would
+    miss their deadlines).
+    """
+
+    def __init__(self) -> None:
+        self.server: ChaosServer | None = None
+        self._lock = threading.Lock()
+        self._ids: set[object] = set()
+        self._parsed: dict[int, int] = {}  # connection index -> frames parsed
+
+    def __call__(self, frame: Frame) -> Frame | None:
+        data = json_with_id(frame)
+        if data is None or "status_of" not in data or self.server is None:
+            return confirm(frame)
+        logs = self.server.connection_logs()
+        with self._lock:
+            for log in logs:
+                done = self._parsed.get(log.index, 0)
+                self._ids.update(_request_id(received) for received in log.frames[done:])
+                self._parsed[log.index] = len(log.frames)
+            executed = data["status_of"] in self._ids
+        return json.dumps({"id": data["id"], "result": {"executed": executed}})
+
+
+class ProbingEndpoint(JsonEndpoint):
+    """Probes every Unconfirmed request: ``{"id": "probe-<id>", "status_of": <id>}``."""
+
+    def probe(self, request_id: Any, frame: Frame) -> WsDelegatedRequest | None:
+        probe_id = f"probe-{request_id}"
+        status = json.dumps({"id": probe_id, "status_of": request_id})
+        return WsDelegatedRequest(probe_id, status, timeout=PROBE_TIMEOUT)
+
+    def probe_result(self, response: Frame) -> bool | None:
+        result = (json_with_id(response) or {}).get("result")
+        return result.get("executed") if isinstance(result, dict) else None
+
+
 def reject(frame: Frame) -> Frame | None:
     request_id = _request_id(frame)
     return None if request_id is None else json.dumps({"id": request_id, "error": "refused"})
@@ -154,6 +222,7 @@ class Waiter:
     outcome: object = _NO_OUTCOME
     submit_error: BaseException | None = None
     resolved_at: float = 0.0
+    ended_at: float = float("inf")  # when the actor settled its future
 
     @property
     def deadline(self) -> float:
@@ -185,6 +254,7 @@ class RunConfig:
 @dataclass
 class RunResult:
     ops: list[Op]
+    resolved: dict[object, list[bool | None]]
     sends: int
     logs: list[ConnectionLog]
     final: WsStats
@@ -227,12 +297,19 @@ def caller(
         mode = WsConfirmMode.SENT if rng.random() < 0.3 else WsConfirmMode.CONFIRMED
         pad = "x" * (64 * 1024) if rng.random() < 0.02 else ""
         frame = json.dumps({"id": request_id, "pad": pad})
+        options: dict[str, bool] = {}
         if roll < 0.09:
             kind = "join"
             frames = [frame] * rng.randint(2, 4)
         elif roll < 0.12:
             kind = "mismatch"
             frames = [frame, json.dumps({"id": request_id, "pad": pad, "v": 2})]
+        elif roll < 0.20:
+            kind = "retry"  # re-sent only if it provably never left
+            frames, options = [frame], {"retry": True}
+        elif roll < 0.28:
+            kind = "idempotent"  # re-sent after a lost connection too
+            frames, options = [frame], {"retry": True, "idempotent": True}
         else:
             kind = "single"
             frames = [frame]
@@ -241,13 +318,16 @@ def caller(
         op.first_submitted = time.monotonic()
         for member in frames:
             timeout = rng.uniform(MIN_TIMEOUT, MAX_TIMEOUT)
-            request = WsDelegatedRequest(request_id, member, confirm_mode=mode, timeout=timeout)
+            request = WsDelegatedRequest(
+                request_id, member, confirm_mode=mode, timeout=timeout, **options
+            )
             try:
                 future = ref.ask(request, block=False)
             except Exception as exc:
                 waiter = Waiter(request, None, outcome=exc, submit_error=exc)
             else:
                 waiter = Waiter(request, future)
+                future.add_done_callback(partial(_ended, waiter))
                 window.append(waiter)
             op.waiters.append(waiter)
         op.last_submitted = time.monotonic()
@@ -255,6 +335,10 @@ def caller(
             resolve(window.popleft())
     while window:
         resolve(window.popleft())
+
+
+def _ended(waiter: Waiter, _value: object, _error: BaseException | None) -> None:
+    waiter.ended_at = time.monotonic()  # on the actor's thread, as it settles the future
 
 
 def resolve(waiter: Waiter) -> None:
@@ -293,7 +377,9 @@ def run_chaos(config: RunConfig, caplog: pytest.LogCaptureFixture) -> RunResult:
     caplog.set_level(logging.WARNING)
     problems: list[str] = []
     started = time.monotonic()
-    server = ChaosServer(CHAOS_PLAN, confirm=confirm, reject=reject, seed=config.seed).start()
+    truthful = TruthfulConfirm()
+    server = ChaosServer(CHAOS_PLAN, confirm=truthful, reject=reject, seed=config.seed).start()
+    truthful.server = server
     # Half the seeds run with tight limits, so that TooManyPending and a full
     # outbound queue happen too (the defaults are never reached here).
     tight = random.Random(f"{config.seed}/limits").random() < 0.5
@@ -303,7 +389,7 @@ def run_chaos(config: RunConfig, caplog: pytest.LogCaptureFixture) -> RunResult:
         counting = Tally.start()
         ref = WebSocketActor.start(
             server.url,
-            endpoint=JsonEndpoint(on_open=['{"op": "auth"}']),
+            endpoint=ProbingEndpoint(on_open=['{"op": "auth"}']),
             inbound=counting,
             backoff=FAST_BACKOFF,
             open_timeout=2.0,
@@ -313,6 +399,7 @@ def run_chaos(config: RunConfig, caplog: pytest.LogCaptureFixture) -> RunResult:
             ping_timeout=1.0,
             max_size=CLIENT_MAX_SIZE,
             default_timeout=MAX_TIMEOUT,
+            probe_delay=PROBE_DELAY,
             **limits,
         )
         per_thread: list[list[Op]] = [[] for _ in range(config.threads)]
@@ -363,9 +450,15 @@ def run_chaos(config: RunConfig, caplog: pytest.LogCaptureFixture) -> RunResult:
                 if not (isinstance(ok, WsDelegatedOk) and ok.confirmed):
                     problems.append(f"a request after the run got {ok!r}")
             except Exception as exc:
-                problems.append(f"a request after the run raised {exc!r}")
+                last = ref.ask(WsGetStats(), timeout=10).last_error
+                problems.append(
+                    f"a request after the run raised {exc!r} (cause {exc.__cause__!r}; "
+                    f"last error {last!r}; faults of the last connection "
+                    f"{[f.value for f, _ in server.connection_logs()[-1].faults[-5:]]})"
+                )
         final = ref.ask(WsGetStats(), timeout=10)
         inbound_counts, late_responses = counting.ask("counts", timeout=10)
+        resolved = counting.ask("resolved", timeout=10)
         ref.stop(timeout=30)
         counting.stop(timeout=10)
         # Invariant 5: no library thread after stop.
@@ -386,6 +479,7 @@ def run_chaos(config: RunConfig, caplog: pytest.LogCaptureFixture) -> RunResult:
     )
     return RunResult(
         ops=ops,
+        resolved=resolved,
         sends=sum(sends),
         logs=logs,
         final=final,
@@ -411,9 +505,12 @@ def check_invariants(result: RunResult) -> tuple[list[str], int]:
     """Return the problems found, and how many join groups were checked as one frame."""
     problems = list(result.problems)
     groups_at_once = 0
+    extra_copies = 0  # copies of retried requests on the wire beyond the first
     seen_frames: Counter[Frame] = Counter()
     seen_ids: Counter[object] = Counter()
     first_seen: dict[object, float] = {}
+    accepted_at: dict[object, list[float]] = {}  # request id -> its connections' accept times
+    rejected_ids: set[object] = set()
     for log in result.logs:
         for frame, at in zip(log.frames, log.received_at, strict=True):
             seen_frames[frame] += 1
@@ -421,6 +518,8 @@ def check_invariants(result: RunResult) -> tuple[list[str], int]:
             if request_id is not None:
                 seen_ids[request_id] += 1
                 first_seen[request_id] = min(first_seen.get(request_id, at), at)
+                accepted_at.setdefault(request_id, []).append(log.accepted_at)
+        rejected_ids.update(_request_id(f) for fault, f in log.faults if fault is Fault.REJECT)
 
     for op in result.ops:
         label = f"{op.kind} {op.request_id!r} ({op.mode.name})"
@@ -457,7 +556,18 @@ def check_invariants(result: RunResult) -> tuple[list[str], int]:
             problems.append(f"{label}: answered, yet the server never received it")
 
         frames = {w.request.frame for w in op.waiters}
-        if op.kind in {"single", "mismatch"}:
+        if op.kind in {"retry", "idempotent"}:
+            # 7. no attempt after the request ended: none of its frames is on a
+            # connection the server accepted after its outcome was settled.
+            (waiter,) = op.waiters
+            late = [at for at in accepted_at.get(op.request_id, []) if at > waiter.ended_at]
+            if late:
+                problems.append(
+                    f"{label}: written on a connection accepted {late[0] - waiter.ended_at:.3f} s"
+                    f" after it ended ({waiter.outcome!r})"
+                )
+            extra_copies += max(0, seen_frames[waiter.request.frame] - 1)
+        if op.kind in {"single", "mismatch", "retry", "idempotent"}:
             for waiter in op.waiters:
                 seen = seen_frames[waiter.request.frame]
                 # 2. failed before sending: never received by the server.
@@ -466,8 +576,9 @@ def check_invariants(result: RunResult) -> tuple[list[str], int]:
                         f"{label}: {type(waiter.outcome).__name__}, yet the server "
                         f"received its frame {seen} time(s)"
                     )
-                # 3. one request, at most one frame, whatever reconnections happen.
-                if seen > 1:
+                # 3, 7. one request, at most one frame, whatever reconnections
+                # happen, unless it is idempotent.
+                if seen > 1 and op.kind != "idempotent":
                     problems.append(f"{label}: one request, {seen} frames on the wire")
             if op.kind == "mismatch" and isinstance(op.waiters[0].outcome, PayloadMismatch):
                 problems.append(f"{label}: the first of a mismatch pair got PayloadMismatch")
@@ -491,12 +602,16 @@ def check_invariants(result: RunResult) -> tuple[list[str], int]:
                 groups_at_once += 1
                 if seen > 1:
                     problems.append(f"{label}: joined at once, yet {seen} frames on the wire")
+    # 7. every re-send counted (a cut write is one the server never got whole).
+    if extra_copies > result.final.resends:
+        problems.append(f"{extra_copies} extra copies on the wire, {result.final.resends} resends")
     # Late responses: for requests that ended without their reply, never twice.
     known = {op.request_id: op for op in result.ops}
+    probed = {f"probe-{op.request_id}" for op in result.ops}
     for request_id, count in result.late_responses.items():
         late_op = known.get(request_id)  # type: ignore[call-overload]
         if late_op is None:
-            if request_id != "final":
+            if request_id != "final" and request_id not in probed:
                 problems.append(f"a WsLateResponse for an id never asked: {request_id!r}")
             continue
         if count > seen_ids[request_id]:
@@ -507,12 +622,56 @@ def check_invariants(result: RunResult) -> tuple[list[str], int]:
             for w in late_op.waiters
         ):
             problems.append(f"{request_id!r}: answered, and its reply told again as late")
-    # The actor's own count agrees with what the callers saw.
+    problems.extend(check_resolutions(result, seen_ids, first_seen, rejected_ids))
+    # The actor's own count agrees with what the callers saw (- 1: the final
+    # request; the probes' outcomes are counted too).
     waiters = sum(len(op.waiters) for op in result.ops)
-    counted = sum(result.final.outcomes.values())
-    if not len(result.ops) <= counted - 1 <= waiters:  # - 1: the final request
-        problems.append(f"{counted} outcomes counted for {len(result.ops)} ops, {waiters} waiters")
+    counted = sum(result.final.outcomes.values()) - 1
+    if not len(result.ops) <= counted <= waiters + result.final.probes:
+        problems.append(
+            f"{counted} outcomes counted for {len(result.ops)} ops, {waiters} waiters"
+            f" and {result.final.probes} probes"
+        )
     return problems, groups_at_once
+
+
+def check_resolutions(
+    result: RunResult,
+    seen_ids: Counter[object],
+    first_seen: dict[object, float],
+    rejected_ids: set[object],
+) -> list[str]:
+    """Invariant 8: what `WsResolved` says agrees with what the server saw."""
+    problems: list[str] = []
+    known = {op.request_id: op for op in result.ops}
+    probe_seen: dict[object, float] = {}  # request id -> when the server got its first probe
+    for log in result.logs:
+        for frame, at in zip(log.frames, log.received_at, strict=True):
+            data = json_with_id(frame)
+            if data is not None and "status_of" in data:
+                asked = data["status_of"]
+                probe_seen[asked] = min(probe_seen.get(asked, at), at)
+    for request_id, answers in result.resolved.items():
+        op = known.get(request_id)  # type: ignore[call-overload]
+        ambiguous = (
+            0
+            if op is None
+            else sum(isinstance(w.outcome, Unconfirmed) and w.outcome.written for w in op.waiters)
+        )
+        if len(answers) > ambiguous:
+            problems.append(
+                f"{request_id!r}: {len(answers)} WsResolved for {ambiguous}"
+                " Unconfirmed(written=True) outcome(s)"
+            )
+        for executed in answers:
+            if executed is True and not seen_ids[request_id]:
+                problems.append(f"{request_id!r}: resolved executed, never received")
+            received_before_probe = first_seen.get(request_id, float("inf")) < probe_seen.get(
+                request_id, float("inf")
+            )
+            if executed is False and received_before_probe and request_id not in rejected_ids:
+                problems.append(f"{request_id!r}: resolved not executed, yet received and probed")
+    return problems
 
 
 def report(config: RunConfig, result: RunResult) -> str:
@@ -535,7 +694,9 @@ def report(config: RunConfig, result: RunResult) -> str:
         f"threads in {result.duration:.1f} s; connection failures: "
         f"reconnects={result.final.reconnects}, server connections={result.server_connections}, "
         f"frames received by the server={sum(len(log.frames) for log in result.logs)}; "
-        f"outcomes={dict(outcomes)}; faults={faults}; inbound={result.inbound_counts}; "
+        f"outcomes={dict(outcomes)}; resends={result.final.resends}, "
+        f"probes={result.final.probes}, resolved={len(result.resolved)}; "
+        f"faults={faults}; inbound={result.inbound_counts}; "
         f"peak pending={result.max_pending}, peak queued={result.max_queued}; "
         f"latest outcome collected {result.worst_lateness:+.2f} s from its deadline"
     )
@@ -565,6 +726,10 @@ def test_thousands_of_requests_through_a_chaotic_server_keep_every_invariant(
     # The run must really have been chaotic, or it proves little.
     assert result.final.reconnects >= 10, f"seed={config.seed}: too few connection failures"
     assert sum(len(op.waiters) for op in result.ops) >= 2000
+    # ... and have taken the recovery paths it checks.
+    assert result.final.resends >= 1, f"seed={config.seed}: nothing was re-sent"
+    assert result.final.probes >= 1, f"seed={config.seed}: nothing was probed"
+    assert result.resolved, f"seed={config.seed}: nothing was resolved"
 
 
 SOAK_SECONDS = float(os.environ.get("PYKKA_WS_SOAK_SECONDS", "60"))
@@ -576,6 +741,160 @@ def test_soak_under_chaos_keeps_every_invariant(caplog: pytest.LogCaptureFixture
     duration = SOAK_SECONDS
     config = RunConfig(seed=chaos_seed(), threads=6, ops_per_thread=None, duration=duration)
     run_and_check(config, caplog)
+
+
+# -- chaos for sequenced streams: gaps, duplicates, drops ---------------------------------
+
+
+STREAMS = ("trades", "book", "ticker")
+
+
+class Sequenced(JsonEndpoint):
+    """Streams numbered by ``seq`` in their ``channel``."""
+
+    def parse(self, frame: Frame) -> Any:
+        return json.loads(frame)
+
+    def sequence(self, message: Any) -> tuple[Any, int] | None:
+        if isinstance(message, dict) and "seq" in message:
+            return message["channel"], message["seq"]
+        return None
+
+
+def subscribed(frame: Frame) -> Frame | None:
+    data = json_with_id(frame)
+    return None if data is None else json.dumps({"id": data["id"], "result": "subscribed"})
+
+
+def push_chaos(
+    srv: WsTestServer, rng: random.Random, steps: int
+) -> tuple[Counter[str], dict[str, int], int]:
+    """Push numbered frames with skips, repeats and dropped connections.
+
+    Returns the frames written per stream (a frame written to two
+    connections during a reconnect counts twice), the last number per
+    stream, and how many times the connections were dropped.
+    """
+    written: Counter[str] = Counter()
+    last = dict.fromkeys(STREAMS, 0)
+    drops = 0
+    for _ in range(steps):
+        key = rng.choice(STREAMS)
+        roll = rng.random()
+        if roll < 0.004:
+            drops += 1
+            accepted = srv.connections_accepted
+            srv.close_connections(abrupt=rng.random() < 0.5)
+            srv.wait_for_connections(accepted + 1, timeout=10)  # numbers sent meanwhile: lost
+            continue
+        if roll < 0.05:
+            number = last[key] + rng.randint(2, 4)  # a skip: a gap
+        elif roll < 0.10 and last[key] > 1:
+            number = rng.randint(max(1, last[key] - 3), last[key])  # a repeat: a duplicate
+        else:
+            number = last[key] + 1
+        last[key] = max(last[key], number)
+        written[key] += srv.send_to_all(json.dumps({"channel": key, "seq": number}))
+    return written, last, drops
+
+
+def test_sequenced_streams_through_gaps_duplicates_and_drops_keep_every_invariant() -> None:
+    """Per stream and connection: order kept, no number twice, each jump one WsGap."""
+    seed = chaos_seed()
+    print(f"\ngap chaos seed={seed}")  # noqa: T201 - to replay a failure
+    rng = random.Random(f"{seed}/gaps")
+    with WsTestServer(subscribed) as srv:
+        sink: queue.Queue[Any] = queue.Queue()
+        ref = WebSocketActor.start(
+            srv.url, endpoint=Sequenced(), inbound=Collector.start(sink), backoff=FAST_BACKOFF
+        )
+        for number, key in enumerate(STREAMS, 1):
+            subscribe = json.dumps({"id": number, "subscribe": key})
+            ref.ask(WsSubscribe(key, subscribe, request_id=number), timeout=10)
+        written, last, drops = push_chaos(srv, rng, 3000)
+        srv.wait_for_open_connections(1)
+        for key in STREAMS:  # a fence per stream: the last number, once everything is read
+            written[key] += srv.send_to_all(json.dumps({"channel": key, "seq": last[key] + 1}))
+        events: list[Any] = []
+        fenced: set[str] = set()
+        deadline = time.monotonic() + 30
+        while fenced != set(STREAMS):
+            event = sink.get(timeout=max(0.0, deadline - time.monotonic()))
+            events.append(event)
+            if (
+                isinstance(event, WsInbound)
+                and event.message["seq"] == last[event.message["channel"]] + 1
+            ):
+                fenced.add(event.message["channel"])
+        final = stats(ref)
+        subscriptions = Counter(
+            data["subscribe"]
+            for frame in srv.received
+            if (data := json_with_id(frame)) is not None and "subscribe" in data
+        )
+        connections = srv.connections_accepted
+        ref.stop()
+    problems: list[str] = []
+    gaps_told = 0
+    for key in STREAMS:
+        # A new connection numbers each stream afresh (its replayed
+        # subscription's snapshot is the new baseline): check per connection.
+        mine = [
+            e
+            for e in events
+            if (isinstance(e, WsInbound) and e.message["channel"] == key)
+            or (isinstance(e, WsGap) and e.key == key)
+            or isinstance(e, WsConnected)
+        ]
+        numbers = [e.message["seq"] for e in mine if isinstance(e, WsInbound)]
+        previous: Any = None
+        gap_before: WsGap | None = None
+        for event in mine:
+            if isinstance(event, WsConnected):
+                previous = gap_before = None
+                continue
+            if isinstance(event, WsGap):
+                gaps_told += 1
+                if gap_before is not None or not event.resubscribed:
+                    problems.append(f"{key}: {event!r} after {gap_before!r}")
+                gap_before = event
+                continue
+            number = event.message["seq"]
+            if previous is not None and number <= previous:
+                problems.append(f"{key}: {number} delivered after {previous}")
+            expected = None if previous is None or number == previous + 1 else previous + 1
+            told = None if gap_before is None else (gap_before.expected, gap_before.received)
+            if told != (None if expected is None else (expected, number)):
+                problems.append(f"{key}: {previous} then {number}, told {gap_before!r}")
+            previous, gap_before = number, None
+        delivered = len(numbers)
+        if delivered > written[key]:
+            problems.append(f"{key}: {delivered} delivered of {written[key]} written")
+        gaps_of_key = sum(isinstance(e, WsGap) for e in mine)
+        # Resubscribed on each new connection, and once per gap: never more.
+        if subscriptions[key] > connections + gaps_of_key:
+            problems.append(
+                f"{key}: {subscriptions[key]} subscriptions for {connections} connections"
+                f" and {gaps_of_key} gaps"
+            )
+    inbound = sum(isinstance(e, WsInbound) for e in events)
+    if inbound + final.duplicates > sum(written.values()):
+        problems.append(f"{inbound} delivered + {final.duplicates} duplicates > written")
+    if final.gaps != gaps_told:
+        problems.append(f"stats say {final.gaps} gaps, {gaps_told} told")
+    if final.reconnects > drops:
+        problems.append(f"{final.reconnects} reconnects for {drops} drops: a gap reconnected")
+    summary = (
+        f"seed={seed}: {inbound} delivered, {final.gaps} gaps, {final.duplicates} duplicates, "
+        f"{drops} drops, {connections} connections, subscriptions {dict(subscriptions)}"
+    )
+    print(summary)  # noqa: T201
+    assert not problems, f"{summary}\n  " + "\n  ".join(problems[:25])
+    # The run took every path it checks.
+    assert final.gaps >= 10, summary
+    assert final.duplicates >= 10, summary
+    assert drops >= 2, summary
+    assert sum(subscriptions.values()) > connections * len(STREAMS), summary  # gap resubscriptions
 
 
 # -- hostile servers: TLS, proxies, redirects -------------------------------------------

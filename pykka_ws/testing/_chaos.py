@@ -239,6 +239,9 @@ class ConnectionLog:
             order; frames that arrived while the connection was stalled or
             dying may have no entry.
         closed: Whether the connection's transport is closed.
+        accepted_at: The :func:`time.monotonic` time the server accepted the
+            TCP connection, before the opening handshake: the client cannot
+            have written anything on it before then.
     """
 
     index: int
@@ -246,6 +249,7 @@ class ConnectionLog:
     received_at: tuple[float, ...]
     faults: tuple[tuple[Fault, Frame], ...]
     closed: bool
+    accepted_at: float = 0.0
 
 
 @dataclass(eq=False)
@@ -259,6 +263,7 @@ class _ChaosState:
     fragments: list[bytes] = field(default_factory=list)
     fragments_text: bool = False
     stall_until: float = 0.0
+    accepted_at: float = field(default_factory=time.monotonic)
 
     def snapshot(self, *, closed: bool) -> ConnectionLog:
         return ConnectionLog(
@@ -267,6 +272,7 @@ class _ChaosState:
             received_at=tuple(self.received_at),
             faults=tuple(self.faults),
             closed=closed,
+            accepted_at=self.accepted_at,
         )
 
 
@@ -284,7 +290,8 @@ class _ChaosConnection(_TrackedConnection):
     chaos_hooks: ClassVar[_ChaosHooks]  # set on a per-run subclass
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        # Set before super().__init__(), which starts the reader thread.
+        # Set before super().__init__(), which starts the reader thread; the
+        # connection is made on accept, before the handshake (accepted_at).
         self.chaos_state = _ChaosState()
         super().__init__(*args, **kwargs)
 
