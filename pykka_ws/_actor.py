@@ -10,7 +10,7 @@ Threads and messages::
     caller --ask(WsDelegatedRequest)--> WebSocketActor (this; never blocks on I/O)
       owner --ask(Batch, block=False)--> WsWriter (send(); see _wire)
       WsWriter's reply future --callback--> owner.tell(WriteDone)
-    websockets' receiving thread --tell(Inbound / Closed)--> owner
+    websockets' receiving thread --tell(InboundReady: Inbound / Pong / Closed, batched)--> owner
     connector thread --tell(Opened / OpenFailed)--> owner
     scheduler thread (one per process) --tell(_Expire / _Reconnect / CreditCheck /
                                               KeepaliveTick / PongCheck)--> owner
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import pykka
 
-from pykka_ws._connection import Closed, Inbound, Opened, OpenFailed, Pong
+from pykka_ws._connection import Closed, Inbound, InboundReady, Opened, OpenFailed, Pong
 from pykka_ws._core import Core
 from pykka_ws._endpoint import WsEndpoint
 from pykka_ws._futures import (
@@ -262,6 +262,7 @@ class WebSocketActor(InboundPath, Routing, Recovery, Health, ConnectionLife, pyk
 
         self._handlers: dict[type, Any] = {
             WsDelegatedRequest: self._on_request,
+            InboundReady: self._on_inbound_ready,
             Inbound: self._on_inbound,
             WriteDone: self._on_write_done,
             _Expire: self._on_expire,

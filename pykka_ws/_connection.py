@@ -5,10 +5,14 @@ Nothing here decides anything; it only moves events to the owner:
 - `Connection` is websockets' own `ClientConnection` (installed through
   ``connect(create_connection=...)`` by `_connector`). Its receiving thread,
   renamed ``pykka-ws-recv-N``, hands each complete inbound message straight
-  to the owner as `Inbound`, and `Closed` when the connection ends. There is
-  no reader thread of our own and no second queue. Writes are in `_wire`;
-  the websockets internals used are listed in `_ws_compat`.
-- `Sink` is where a connection's events go, with the inbound flow control.
+  to the owner as `Inbound`, a keepalive `Pong`, and `Closed` when the
+  connection ends. There is no reader thread of our own. Writes are in
+  `_wire`; the websockets internals used are listed in `_ws_compat`.
+- `Sink` is where a connection's events go, in order, with the inbound flow
+  control. They are batched: the receiving thread appends each event to the
+  sink's queue and tells the owner one `InboundReady` only when none is on
+  its way; the owner takes up to a slice of events per `InboundReady`. So a
+  burst of frames costs one pykka message, not one per frame.
 
 Every event carries the connection's generation so the owner can ignore
 events from a connection it has already given up on.
@@ -20,6 +24,7 @@ import logging
 import socket
 import sys
 import threading
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from pykka import ActorDeadError
@@ -41,6 +46,7 @@ __all__ = [
     "Closed",
     "Connection",
     "Inbound",
+    "InboundReady",
     "OpenFailed",
     "Opened",
     "Pong",
@@ -66,6 +72,15 @@ class Inbound:
         self.generation = sink.generation
         self.frame = frame
         self.size = size
+
+
+class InboundReady:
+    """Events wait in ``sink`` (told by the receiving thread; see `Sink.push`)."""
+
+    __slots__ = ("sink",)
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
 
 
 class Closed:
@@ -123,15 +138,26 @@ class Sink:
     instead of an unbounded inbox). ``told`` is written only by the
     receiving thread and ``done`` only by the owner, so the fast path takes
     no lock.
+
+    Batching: events go to ``events`` in order (`push`, receiving thread);
+    ``scheduled`` says an `InboundReady` is on its way to the owner or being
+    handled, so no other is told. The owner `take`s a slice, handles it, and
+    `finish` says whether more came meanwhile (then it tells itself the
+    `InboundReady` again, behind whatever else waits in its inbox). Both
+    sides take ``lock`` for a few instructions only.
     """
 
     __slots__ = (
         "announced",
         "done",
         "dropped",
+        "events",
         "generation",
+        "lock",
         "max_queue",
         "owner",
+        "ready",
+        "scheduled",
         "told",
         "waiting",
         "wakeup",
@@ -147,14 +173,40 @@ class Sink:
         self.waiting = False
         self.wakeup = threading.Event()
         self.dropped = False
+        self.lock = threading.Lock()
+        self.events: deque[object] = deque()
+        self.scheduled = False
+        self.ready = InboundReady(self)
 
-    def tell(self, message: object, *, wait: bool = True) -> None:
-        if wait and not self.announced.is_set():
-            self.announced.wait()
+    def push(self, event: object) -> None:
+        """Queue an event for the owner; tell it `InboundReady` if none is on its way."""
+        with self.lock:
+            self.events.append(event)
+            if self.scheduled:
+                return
+            self.scheduled = True
         try:
-            self.owner.tell(message)
+            self.owner.tell(self.ready)
         except ActorDeadError:
             pass
+
+    def take(self, limit: int) -> list[object]:
+        """The next events, at most ``limit`` (owner thread)."""
+        with self.lock:
+            events = self.events
+            if len(events) <= limit:
+                taken = list(events)
+                events.clear()
+                return taken
+            return [events.popleft() for _ in range(limit)]
+
+    def finish(self) -> bool:
+        """After a `take`: True if events wait (``InboundReady`` is to be told again)."""
+        with self.lock:
+            if self.events:
+                return True
+            self.scheduled = False
+            return False
 
     def take_room(self) -> bool:
         """Wait for room in the owner's inbox; False once the owner let go."""
@@ -173,9 +225,9 @@ class Sink:
         self.told += 1
         return True
 
-    def handled(self) -> None:
-        """Count one inbound message handled (owner thread)."""
-        self.done += 1
+    def handled(self, count: int = 1) -> None:
+        """Count ``count`` inbound messages handled (owner thread)."""
+        self.done += count
         if self.waiting:
             self.wakeup.set()
 
@@ -226,7 +278,7 @@ class Connection(ClientConnection):
             self.acknowledge_pings(data)
             if solicited:  # a keepalive round trip: a sample
                 sink = self._sink
-                sink.tell(Pong(sink.generation, self.latency), wait=False)
+                sink.push(Pong(sink.generation, self.latency))
 
     def _deliver(self, data: bytes, *, text: bool) -> None:
         frame: str | bytes
@@ -246,8 +298,10 @@ class Connection(ClientConnection):
         else:
             frame = data
         sink = self._sink
+        if not sink.announced.is_set():
+            sink.announced.wait()
         if sink.take_room():
-            sink.tell(Inbound(sink, frame, len(data)))
+            sink.push(Inbound(sink, frame, len(data)))
 
     def recv_events(self) -> None:
         """Run websockets' receive loop; tell the owner when it ends."""
@@ -262,7 +316,7 @@ class Connection(ClientConnection):
                     cause.__cause__ = error
             except Exception as exc:  # noqa: BLE001 - the cause is only informative
                 cause = exc
-            self._sink.tell(Closed(self._sink.generation, cause), wait=False)
+            self._sink.push(Closed(self._sink.generation, cause))
 
     def drop(self) -> None:
         """Stop delivering to the owner (it is stopping): never block on it."""

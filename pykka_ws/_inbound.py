@@ -7,13 +7,21 @@ only). Each complete message websockets' receiving thread reads comes here
 (`WsEndpoint.answer`), checked for sequence gaps and told to its routes or to
 every subscriber; then the frame is credited back to the receiving thread,
 unless a subscriber is full (`_subscribers`).
+
+Frames arrive in batches (`_connection.InboundReady`: one pykka message for
+every event queued meanwhile, up to `BATCH` handled per message), in the
+order the receiving thread read them, with its `Pong` and `Closed` events in
+their place. A batch's frames are credited together, once a subscriber's
+inbox has been looked at (one look per batch, not per frame).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from pykka_ws._connection import Inbound
 from pykka_ws._core import NOT_A_REPLY
 from pykka_ws._messages import WsInbound, WsRequestMatch, check_frame
 
@@ -21,13 +29,18 @@ if TYPE_CHECKING:
     from collections import OrderedDict
     from collections.abc import Callable
 
-    from pykka_ws._connection import Inbound
+    from pykka_ws._connection import InboundReady, Sink
     from pykka_ws._core import Core
     from pykka_ws._messages import Frame, RequestId, WsDelegatedRequest
     from pykka_ws._scheduler import TimerHandle
     from pykka_ws._subscribers import CreditCheck, Subscribers
 
-__all__ = ["InboundPath"]
+__all__ = ["BATCH", "InboundPath"]
+
+logger = logging.getLogger("pykka_ws")
+
+BATCH = 256
+"""Most inbound events handled per `InboundReady`; the inbox is let through between."""
 
 
 class InboundPath:
@@ -49,10 +62,42 @@ class InboundPath:
     _flush: Callable[[], None]
     _in_sequence: Callable[[Any], bool]
     _late_reply: Callable[..., None]
+    _handlers: dict[type, Any]
+    _internal_errors: int
+    actor_ref: Any
 
     # -- inbound ------------------------------------------------------------
 
+    def _on_inbound_ready(self, message: InboundReady) -> None:
+        """Handle the events the receiving thread queued, in order; credit the frames."""
+        sink = message.sink
+        frames = 0
+        try:
+            for event in sink.take(BATCH):
+                try:
+                    if type(event) is Inbound:
+                        frames += 1
+                        self._frame(event)
+                        continue
+                    if frames:  # credit what came before, first (Closed releases credits)
+                        self._credit(sink, frames)
+                        frames = 0
+                    self._handlers[type(event)](event)
+                except Exception:  # a bug: the other events go on
+                    self._internal_errors += 1
+                    logger.exception("pykka-ws: internal error handling %r", event)
+        finally:
+            if frames:
+                self._credit(sink, frames)
+            if sink.finish():
+                self.actor_ref.tell(message)  # behind what else waits in the inbox
+
     def _on_inbound(self, message: Inbound) -> None:
+        """One frame on its own (the batch path is `_on_inbound_ready`)."""
+        self._frame(message)
+        self._credit(message.sink, 1)
+
+    def _frame(self, message: Inbound) -> None:
         frame = message.frame
         if self._watch_stale:
             self._last_inbound = time.monotonic()
@@ -60,7 +105,6 @@ class InboundPath:
         self._bytes_in += message.size
         match = self._call_hook("match_response", frame)
         if match is not None and self._on_matches(match, frame, message.generation):
-            self._credit(message)
             return
         parsed = self._call_hook("parse", frame)
         if parsed is not None and self._answering:
@@ -69,7 +113,6 @@ class InboundPath:
             subscribers = self._subscribers
             key = self._call_hook("route", parsed) if subscribers.routes else None
             subscribers.publish(WsInbound(frame, parsed), frame=True, key=key)
-        self._credit(message)
 
     def _answer(self, parsed: Any) -> None:
         frames = self._call_hook("answer", parsed)
@@ -81,8 +124,8 @@ class InboundPath:
         if self._core.inflight is None:
             self._flush()
 
-    def _credit(self, message: Inbound) -> None:
-        timer = self._subscribers.credit(message.sink)
+    def _credit(self, sink: Sink, frames: int) -> None:
+        timer = self._subscribers.credit(sink, frames)
         if timer is not None:
             self._credit_timer = timer
 

@@ -126,24 +126,29 @@ class Subscribers:
             watched.extend(r for r in routed if r not in watched)
         self.watched = watched
 
-    def credit(self, sink: Sink) -> TimerHandle | None:
-        """Give ``sink``'s receiving thread room for one more frame, unless one is full.
+    def credit(self, sink: Sink, frames: int = 1) -> TimerHandle | None:
+        """Give ``sink``'s receiving thread room for ``frames`` more, unless one is full.
+
+        Called once per batch of frames handled: a subscriber's inbox is
+        looked at once per batch. The bound holds all the same: every frame
+        told since the last look that found room is uncredited, and there are
+        at most ``max_queue`` of those.
 
         Returns a timer to keep if it started polling (see `check`).
         """
         if not self.owed and not self.watched:
-            sink.handled()  # nobody to wait for: the common fast path
+            sink.handled(frames)  # nobody to wait for: the common fast path
             return None
         if self.owed:
             if sink is self.owed_sink:
-                self.owed += 1
+                self.owed += frames
                 return None
             self.release()  # an older connection's: let its thread end
         if self.throttle and self.full():
             self.owed_sink = sink
-            self.owed = 1
+            self.owed = frames
             return SCHEDULER.call_later(CREDIT_POLL, self.owner, CreditCheck())
-        sink.handled()
+        sink.handled(frames)
         return None
 
     def check(self) -> TimerHandle | None:
@@ -164,9 +169,8 @@ class Subscribers:
         """Return every credit held back (the connection is gone, or there is room)."""
         sink, owed = self.owed_sink, self.owed
         self.owed, self.owed_sink = 0, None
-        if sink is not None:
-            for _ in range(owed):
-                sink.handled()
+        if sink is not None and owed:
+            sink.handled(owed)
 
 
 def inbox_size(ref: pykka.ActorRef[Any]) -> int:

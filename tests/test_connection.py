@@ -433,17 +433,23 @@ def test_flooding_peer_is_held_back_by_max_queue_and_nothing_is_lost(
             server.send_to_all(f'{{"n": {i}}}')
         # The owner is stuck in parse() on the first frame; at most max_queue
         # frames are told and not yet handled (that one included, or not).
-        inbox = instances[0].actor_inbox
-        wait_until(
-            lambda: inbox.qsize() >= max_queue - 1,  # type: ignore[attr-defined]
-            10.0,
-            "the flood to reach the inbox",
-        )
+        # They wait, batched: in the connection's sink, or taken by the owner
+        # in its current batch (one InboundReady in its inbox stands for them).
+        connection = instances[0]._connection
+        assert connection is not None
+        sink_ = connection._sink
+
+        def waiting() -> int:
+            return sink_.told - sink_.done
+
+        wait_until(lambda: waiting() >= max_queue, 10.0, "the flood to reach the owner")
         # It stays there: watch for a while (the scenario is the passing time)
         # that the receiving thread, with ~490 frames left to read, tells no more.
         watch_until = time.monotonic() + 0.2
         while time.monotonic() < watch_until:
-            assert inbox.qsize() <= max_queue  # type: ignore[attr-defined]
+            assert waiting() <= max_queue
+            assert len(sink_.events) <= max_queue
+            assert instances[0].actor_inbox.qsize() <= 1  # type: ignore[attr-defined]
             pause(0.01)
     finally:
         endpoint.release.set()
