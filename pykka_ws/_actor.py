@@ -248,7 +248,7 @@ class WebSocketActor(InboundPath, Routing, Recovery, Health, ConnectionLife, pyk
 
         self._init_lifecycle()
         self._init_health()
-        self._answering = type(self._endpoint).answer is not WsEndpoint.answer
+        self._init_inbound(self._endpoint)
         self._init_recovery(probe_delay)
         self._expiry_timer: TimerHandle | None = None
         self._credit_timer: TimerHandle | None = None

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from pykka_ws._connection import Inbound
 from pykka_ws._core import NOT_A_REPLY
+from pykka_ws._endpoint import WsEndpoint
 from pykka_ws._messages import WsInbound, WsRequestMatch, check_frame
 
 if TYPE_CHECKING:
@@ -53,6 +54,8 @@ class InboundPath:
     _frames_in: int
     _bytes_in: int
     _answering: bool
+    _matching: bool
+    _parsing: bool
     _watch_stale: bool
     _last_inbound: float
     _sequenced: bool
@@ -67,6 +70,12 @@ class InboundPath:
     actor_ref: Any
 
     # -- inbound ------------------------------------------------------------
+
+    def _init_inbound(self, endpoint: WsEndpoint) -> None:
+        """Note which hooks the endpoint overrides (the others need no call)."""
+        self._answering = _overrides(endpoint, "answer")
+        self._matching = _overrides(endpoint, "match_response")
+        self._parsing = _overrides(endpoint, "parse")
 
     def _on_inbound_ready(self, message: InboundReady) -> None:
         """Handle the events the receiving thread queued, in order; credit the frames."""
@@ -103,10 +112,11 @@ class InboundPath:
             self._last_inbound = time.monotonic()
         self._frames_in += 1
         self._bytes_in += message.size
-        match = self._call_hook("match_response", frame)
+        # Hooks left at their defaults are not called (same result, less work).
+        match = self._call_hook("match_response", frame) if self._matching else None
         if match is not None and self._on_matches(match, frame, message.generation):
             return
-        parsed = self._call_hook("parse", frame)
+        parsed = self._call_hook("parse", frame) if self._parsing else frame
         if parsed is not None and self._answering:
             self._answer(parsed)
         if parsed is not None and (not self._sequenced or self._in_sequence(parsed)):
@@ -175,3 +185,9 @@ class InboundPath:
             if self._unresolved:
                 self._late_reply(request_id, frame, ok=match.ok)
         return True
+
+
+def _overrides(endpoint: WsEndpoint, name: str) -> bool:
+    """Whether ``endpoint``'s hook ``name`` is not `WsEndpoint`'s default."""
+    method = getattr(endpoint, name)
+    return getattr(method, "__func__", None) is not getattr(WsEndpoint, name)
