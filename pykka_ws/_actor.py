@@ -48,6 +48,7 @@ from pykka_ws._health import (
     StaleCheck,
 )
 from pykka_ws._inbound import InboundPath
+from pykka_ws._inbox import light_inbox
 from pykka_ws._lifecycle import OPEN, SLICE, ConnectionLife, GateDone, Reconnect
 from pykka_ws._messages import (
     WsCancel,
@@ -185,6 +186,8 @@ class WebSocketActor(InboundPath, Routing, Recovery, Health, ConnectionLife, pyk
     @staticmethod
     def _create_future() -> pykka.Future[Any]:
         return ReplyFuture()
+
+    _create_actor_inbox = staticmethod(light_inbox)  # see _inbox
 
     def __init__(
         self,

@@ -16,6 +16,7 @@ import pykka
 
 from pykka_ws._core import Batch
 from pykka_ws._futures import CallbackFuture
+from pykka_ws._inbox import light_inbox
 from pykka_ws._wire import Ping, send_ping, write_batch
 
 if TYPE_CHECKING:
@@ -34,6 +35,8 @@ class WsWriter(pykka.ThreadingActor):
     @staticmethod
     def _create_future() -> pykka.Future[Any]:
         return CallbackFuture()
+
+    _create_actor_inbox = staticmethod(light_inbox)  # see _inbox
 
     def __init__(self, claims: ClaimLock) -> None:
         super().__init__()
