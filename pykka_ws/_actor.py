@@ -252,7 +252,7 @@ class WebSocketActor(InboundPath, Routing, Recovery, Health, ConnectionLife, pyk
         self._init_lifecycle()
         self._init_health()
         self._init_inbound(self._endpoint)
-        self._init_recovery(probe_delay)
+        self._init_recovery(probe_delay, settings.max_pending)
         self._expiry_timer: TimerHandle | None = None
         self._credit_timer: TimerHandle | None = None
         self._delivering = False

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
     from pykka_ws._connection import InboundReady, Sink
     from pykka_ws._core import Core
-    from pykka_ws._messages import Frame, RequestId, WsDelegatedRequest
+    from pykka_ws._messages import Frame, RequestId
     from pykka_ws._scheduler import TimerHandle
     from pykka_ws._subscribers import CreditCheck, Subscribers
 
@@ -59,7 +59,7 @@ class InboundPath:
     _watch_stale: bool
     _last_inbound: float
     _sequenced: bool
-    _unresolved: OrderedDict[RequestId, WsDelegatedRequest]
+    _unresolved: OrderedDict[RequestId, Any]  # Recovery's (only its emptiness is read here)
     _call_hook: Callable[..., Any]
     _hook_garbage: Callable[[str, object], None]
     _flush: Callable[[], None]

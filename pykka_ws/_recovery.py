@@ -7,10 +7,13 @@
   ``probe_delay`` seconds have passed; `WsEndpoint.probe_result` reads the
   answer, and `WsResolved` is told to the request's ``reply_to`` and to the
   subscribers. A late reply to such a request resolves it the same way (and
-  no probe is sent). At most `MAX_UNRESOLVED` requests wait to be resolved,
-  and at most `MAX_PROBES_IN_FLIGHT` probes are in flight at once: after a
-  break that leaves a thousand orders ambiguous, the probes go out a few at
-  a time and leave the pending table to the callers.
+  no probe is sent). At most `MAX_UNRESOLVED` requests wait to be resolved
+  (beyond, the oldest is resolved as unknown), and at most
+  `MAX_PROBES_IN_FLIGHT` probes (and a quarter of ``max_pending_requests``)
+  are in flight at once: after a break that leaves a thousand orders
+  ambiguous, the probes go out a few at a time and leave the pending table
+  to the callers. Each ambiguous outcome is its own entry: a probe sent for
+  an earlier use of an id never answers for a later request with that id.
 - **Per-stream gaps.** With `WsEndpoint.sequence`, a skipped number re-sends
   that stream's subscription and tells `WsGap`; duplicates are dropped.
 """
@@ -55,25 +58,34 @@ _PROBE_TRIES = 60
 """How often a probe waits ``probe_delay`` more for an open connection."""
 
 
+class _Ambiguous:
+    """One Unconfirmed(written=True) outcome waiting to be resolved."""
+
+    __slots__ = ("request", "tries")
+
+    def __init__(self, request: WsDelegatedRequest) -> None:
+        self.request = request
+        self.tries = 0  # how often its probe waited for an open connection
+
+
 class ProbeDue:
     """Time to probe an Unconfirmed request (told by the scheduler)."""
 
-    __slots__ = ("request_id", "tries")
+    __slots__ = ("entry",)
 
-    def __init__(self, request_id: RequestId, tries: int = 0) -> None:
-        self.request_id = request_id
-        self.tries = tries
+    def __init__(self, entry: _Ambiguous) -> None:
+        self.entry = entry
 
 
 class ProbeDone:
     """A probe ended (``error`` None: confirmed with ``response``)."""
 
-    __slots__ = ("error", "request_id", "response")
+    __slots__ = ("entry", "error", "response")
 
     def __init__(
-        self, request_id: RequestId, response: Frame | None, error: BaseException | None
+        self, entry: _Ambiguous, response: Frame | None, error: BaseException | None
     ) -> None:
-        self.request_id = request_id
+        self.entry = entry
         self.response = response
         self.error = error
 
@@ -91,20 +103,21 @@ class Recovery:
     _call_hook: Callable[..., Any]
     _hook_garbage: Callable[[str, object], None]
 
-    def _init_recovery(self, probe_delay: float) -> None:
+    def _init_recovery(self, probe_delay: float, max_pending: int) -> None:
         endpoint_class = type(self._endpoint)
         self._probing = endpoint_class.probe is not WsEndpoint.probe
         self._sequenced = endpoint_class.sequence is not WsEndpoint.sequence
         self._probe_delay = probe_delay
-        # Unconfirmed(written=True) requests not yet resolved: id -> request.
-        self._unresolved: OrderedDict[RequestId, WsDelegatedRequest] = OrderedDict()
+        # Unconfirmed(written=True) outcomes not yet resolved, oldest first.
+        self._unresolved: OrderedDict[RequestId, _Ambiguous] = OrderedDict()
         self._last_seq: dict[Hashable, int] = {}
         self._gaps = 0
         self._duplicates = 0
         self._probes = 0
         self._probes_in_flight = 0
-        # Due probes waiting for a free slot (MAX_PROBES_IN_FLIGHT), in order.
-        self._probes_waiting: OrderedDict[RequestId, None] = OrderedDict()
+        self._probe_slots = max(1, min(MAX_PROBES_IN_FLIGHT, max_pending // 4))
+        # Due probes waiting for a free slot, in order.
+        self._probes_waiting: OrderedDict[RequestId, _Ambiguous] = OrderedDict()
 
     # -- resolving Unconfirmed ---------------------------------------------------
 
@@ -115,59 +128,72 @@ class Recovery:
     def _on_unconfirmed(self, request: WsDelegatedRequest) -> None:
         """A watched request ended Unconfirmed(written=True): probe it later."""
         unresolved = self._unresolved
-        unresolved[request.request_id] = request
-        unresolved.move_to_end(request.request_id)
+        request_id = request.request_id
+        entry = _Ambiguous(request)
+        earlier = unresolved.pop(request_id, None)
+        if earlier is not None:  # an earlier use of the id, still unresolved
+            self._probes_waiting.pop(request_id, None)
+            self._resolve(earlier.request, None, None)
+        unresolved[request_id] = entry
         if len(unresolved) > MAX_UNRESOLVED:
-            forgotten, _ = unresolved.popitem(last=False)
-            self._probes_waiting.pop(forgotten, None)
-        SCHEDULER.call_later(self._probe_delay, self.actor_ref, ProbeDue(request.request_id))
+            forgotten_id, forgotten = unresolved.popitem(last=False)
+            self._probes_waiting.pop(forgotten_id, None)
+            self._resolve(forgotten.request, None, None)
+        SCHEDULER.call_later(self._probe_delay, self.actor_ref, ProbeDue(entry))
+
+    def _current(self, entry: _Ambiguous) -> bool:
+        """Whether ``entry`` still waits to be resolved (not resolved, not replaced)."""
+        return self._unresolved.get(entry.request.request_id) is entry
 
     def _on_probe_due(self, message: ProbeDue) -> None:
-        request = self._unresolved.get(message.request_id)
-        if request is None:
-            return  # resolved already (a late reply)
-        if self._probes_in_flight >= MAX_PROBES_IN_FLIGHT:
-            self._probes_waiting[message.request_id] = None  # sent when a probe ends
+        entry = message.entry
+        if not self._current(entry):
+            return  # resolved already (a late reply), or replaced
+        request = entry.request
+        if self._probes_in_flight >= self._probe_slots:
+            self._probes_waiting[request.request_id] = entry  # sent when a probe ends
             return
         if self._state != "open":
-            if message.tries < _PROBE_TRIES:
-                again = ProbeDue(message.request_id, message.tries + 1)
-                SCHEDULER.call_later(self._probe_delay, self.actor_ref, again)
+            if entry.tries < _PROBE_TRIES:
+                entry.tries += 1
+                SCHEDULER.call_later(self._probe_delay, self.actor_ref, ProbeDue(entry))
             else:
-                del self._unresolved[message.request_id]
+                del self._unresolved[request.request_id]
                 self._resolve(request, None, None)
             return
         probe = self._call_hook("probe", request.request_id, request.frame)
         if not isinstance(probe, WsDelegatedRequest):
             if probe is not None:
                 self._hook_garbage("probe", type(probe).__name__)
-            return
+            return  # nothing to ask: a late reply may still resolve it
         self._probes += 1
         self._probes_in_flight += 1
-        self._submit(probe).add_waiter(TellOwner(self.actor_ref, _probe_done(request.request_id)))
+        self._submit(probe).add_waiter(TellOwner(self.actor_ref, _probe_done(entry)))
 
     def _on_probe_done(self, message: ProbeDone) -> None:
         self._probes_in_flight -= 1
         waiting = self._probes_waiting
-        while waiting and self._probes_in_flight < MAX_PROBES_IN_FLIGHT:
-            request_id, _ = waiting.popitem(last=False)
-            self._on_probe_due(ProbeDue(request_id))
-        request = self._unresolved.pop(message.request_id, None)
-        if request is None:
-            return
+        while waiting and self._probes_in_flight < self._probe_slots:
+            _, due = waiting.popitem(last=False)
+            self._on_probe_due(ProbeDue(due))
+        entry = message.entry
+        if not self._current(entry):
+            return  # resolved meanwhile, or the id was used again: not this probe's
+        del self._unresolved[entry.request.request_id]
         executed: bool | None = None
         if message.response is not None:  # a reply, a refusal included ("not found")
             executed = self._call_hook("probe_result", message.response)
             if executed is not None and not isinstance(executed, bool):
                 self._hook_garbage("probe_result", executed)
                 executed = None
-        self._resolve(request, executed, message.response)
+        self._resolve(entry.request, executed, message.response)
 
     def _late_reply(self, request_id: RequestId, frame: Frame, *, ok: bool) -> None:
         """A reply for an ended request: it resolves an Unconfirmed one."""
-        request = self._unresolved.pop(request_id, None)
-        if request is not None:
-            self._resolve(request, ok, frame)
+        entry = self._unresolved.pop(request_id, None)
+        if entry is not None:
+            self._probes_waiting.pop(request_id, None)
+            self._resolve(entry.request, ok, frame)
 
     def _resolve(
         self, request: WsDelegatedRequest, executed: bool | None, response: Frame | None
@@ -234,13 +260,13 @@ class _Unconfirmed:
             self.owner._on_unconfirmed(self.request)  # noqa: SLF001 - its owner, same thread
 
 
-def _probe_done(request_id: RequestId) -> Callable[[Any, BaseException | None], ProbeDone]:
+def _probe_done(entry: _Ambiguous) -> Callable[[Any, BaseException | None], ProbeDone]:
     """What a probe's end tells the owner: its reply, a refusal included ("not found")."""
 
     def build(value: Any, error: BaseException | None) -> ProbeDone:
         if error is None:
-            return ProbeDone(request_id, getattr(value, "response", None), None)
+            return ProbeDone(entry, getattr(value, "response", None), None)
         response = error.response if isinstance(error, EndpointRejected) else None
-        return ProbeDone(request_id, response, error)
+        return ProbeDone(entry, response, error)
 
     return build

@@ -109,8 +109,11 @@ class JsonRpcEndpoint(WsEndpoint):
     - Probes: a subclass that overrides `probe_call` (the venue's status
       call for a call whose outcome was ambiguous) and `probe_reply` (what
       its reply says) resolves ``Unconfirmed(written=True)`` calls: the
-      actor sends the status call under the id ``"probe:<request id>"``
-      (timeout `probe_timeout`) and tells `WsResolved`. A subclass that
+      actor sends the status call under the id ``"probe:" + repr(request
+      id)`` (``"probe:7"``, ``"probe:'a7'"``: ids of that form are the
+      probes'), with the timeout `probe_timeout` and ``retry=True,
+      idempotent=True`` (a status call is safe to repeat), and tells
+      `WsResolved`. A subclass that
       overrides neither costs nothing per request.
 
     Subclass it to add ``on_open`` (authentication, subscriptions), ``route``
@@ -176,7 +179,16 @@ class JsonRpcEndpoint(WsEndpoint):
         if status is None:
             return None
         method, params = status
-        return request(f"probe:{request_id}", method, params, timeout=self.probe_timeout)
+        # A status call is safe to repeat: re-sent after a break, as any
+        # idempotent request. Its id names the call's, JSON type included.
+        return request(
+            f"probe:{request_id!r}",
+            method,
+            params,
+            timeout=self.probe_timeout,
+            retry=True,
+            idempotent=True,
+        )
 
     def _read_probe_reply(self, response: Frame) -> bool | None:
         """`WsEndpoint.probe_result` for a subclass that overrides `probe_call`."""

@@ -113,10 +113,6 @@ MIN_TIMEOUT = 0.2
 MAX_TIMEOUT = 1.0
 PROBE_DELAY = 0.2
 PROBE_TIMEOUT = 0.5
-# A request frame on a connection whose first frame (the on_open auth frame)
-# the server received this long after the request ended was written after it
-# ended: no attempt may be. (The margin covers loopback and thread latency.)
-AFTER_END_MARGIN = 2.0
 
 CHAOS_WEIGHTS = {
     Fault.CONFIRM: 50.0,
@@ -341,6 +337,11 @@ def _ended(waiter: Waiter, _value: object, _error: BaseException | None) -> None
     waiter.ended_at = time.monotonic()  # on the actor's thread, as it settles the future
 
 
+def _ambiguous(op: Op) -> int:
+    """How many of an operation's waiters ended Unconfirmed(written=True)."""
+    return sum(isinstance(w.outcome, Unconfirmed) and w.outcome.written for w in op.waiters)
+
+
 def resolve(waiter: Waiter) -> None:
     assert waiter.future is not None
     remaining = waiter.deadline + DEADLINE_SLACK - time.monotonic()
@@ -456,6 +457,19 @@ def run_chaos(config: RunConfig, caplog: pytest.LogCaptureFixture) -> RunResult:
                     f"last error {last!r}; faults of the last connection "
                     f"{[f.value for f, _ in server.connection_logs()[-1].faults[-5:]]})"
                 )
+        # Invariant 8: every ambiguous request (not of a join group, which may
+        # have been several entries) is resolved, by a probe or a late reply.
+        ambiguous = {op.request_id for op in ops if op.kind != "join" and _ambiguous(op)}
+
+        def all_resolved() -> dict[object, list[bool | None]] | None:
+            told = counting.ask("resolved", timeout=10)
+            return told if ambiguous <= told.keys() else None
+
+        try:
+            wait_until(all_resolved, 30.0, "every ambiguous request resolved")
+        except pytest.fail.Exception:
+            missing = ambiguous - counting.ask("resolved", timeout=10).keys()
+            problems.append(f"{len(missing)} ambiguous requests never resolved: {missing}")
         final = ref.ask(WsGetStats(), timeout=10)
         inbound_counts, late_responses = counting.ask("counts", timeout=10)
         resolved = counting.ask("resolved", timeout=10)
@@ -653,11 +667,9 @@ def check_resolutions(
                 probe_seen[asked] = min(probe_seen.get(asked, at), at)
     for request_id, answers in result.resolved.items():
         op = known.get(request_id)  # type: ignore[call-overload]
-        ambiguous = (
-            0
-            if op is None
-            else sum(isinstance(w.outcome, Unconfirmed) and w.outcome.written for w in op.waiters)
-        )
+        ambiguous = 0 if op is None else _ambiguous(op)
+        if op is not None and op.kind != "join" and len(answers) != 1:
+            problems.append(f"{request_id!r}: {len(answers)} WsResolved for one entry")
         if len(answers) > ambiguous:
             problems.append(
                 f"{request_id!r}: {len(answers)} WsResolved for {ambiguous}"

@@ -796,6 +796,10 @@ def test_an_endpoint_without_probe_call_has_no_probe_and_costs_nothing() -> None
     assert probe is not None
     assert probe.request_id == "probe:7"
     assert probe.timeout == 2.0
+    assert (probe.retry, probe.idempotent) == (True, True)  # a status call is safe to repeat
+    text_id = StatusEndpoint().probe("7", request_frame("7", "place", {"label": "x"}))
+    assert text_id is not None
+    assert text_id.request_id == "probe:'7'"  # not the probe of the int id 7
     assert StatusEndpoint().probe(8, "not json") is None
     assert StatusEndpoint().probe(9, dumps([json.loads(frame)])) is None  # a batch
     assert StatusEndpoint().probe_result(b"\xff") is None

@@ -23,6 +23,7 @@ from pykka_ws import (
     WsOutcome,
     WsResolved,
     WsSubscribe,
+    _recovery,
 )
 from pykka_ws._recovery import MAX_PROBES_IN_FLIGHT
 from pykka_ws.testing import FaultProxy, WsTestServer
@@ -146,7 +147,7 @@ class AnswersBothAttemptsLate:
         ]
 
 
-def test_a_reply_to_the_first_attempt_after_the_second_was_sent_completes_it_once() -> None:
+def test_replies_to_both_attempts_after_the_resend_complete_it_once_the_second_late() -> None:
     venue = AnswersBothAttemptsLate()
     with WsTestServer(venue) as srv:
         sink: queue.Queue[Any] = queue.Queue()
@@ -315,6 +316,15 @@ class HeldProbes:
         return held
 
 
+class PatientProbes(ProbingEndpoint):
+    """Probes that wait long for their answer (the test holds them on purpose)."""
+
+    def probe(self, request_id: Any, frame: str | bytes) -> WsDelegatedRequest | None:
+        probe = super().probe(request_id, frame)
+        assert probe is not None
+        return WsDelegatedRequest(probe.request_id, probe.frame, timeout=30.0)
+
+
 def test_probes_after_a_mass_break_go_out_a_few_at_a_time() -> None:
     count = MAX_PROBES_IN_FLIGHT + 24
     venue = HeldProbes()
@@ -322,7 +332,7 @@ def test_probes_after_a_mass_break_go_out_a_few_at_a_time() -> None:
     with WsTestServer(venue) as srv:
         sink: queue.Queue[Any] = queue.Queue()
         desk = Collector.start(sink)
-        ref = start(srv.url, ProbingEndpoint(), probe_delay=0.01, actor=actor_class)
+        ref = start(srv.url, PatientProbes(), probe_delay=0.1, actor=actor_class)
         for request_id in range(count):
             ref.tell(
                 WsDelegatedRequest(
@@ -346,6 +356,87 @@ def test_probes_after_a_mass_break_go_out_a_few_at_a_time() -> None:
         assert all(m.executed for m in told if isinstance(m, WsResolved))
         assert venue.most_held == MAX_PROBES_IN_FLIGHT
         assert stats(ref).probes == count
+
+
+def resolutions(sink: queue.Queue[Any], count: int) -> list[WsResolved]:
+    """The next ``count`` WsResolved told to ``sink`` (other messages skipped)."""
+    return [next_of(sink, WsResolved) for _ in range(count)]
+
+
+def test_a_probe_for_an_earlier_use_of_an_id_never_answers_for_a_later_one() -> None:
+    venue = HeldProbes()
+    with WsTestServer(venue) as srv:
+        sink: queue.Queue[Any] = queue.Queue()
+        desk = Collector.start(sink)
+        ref = start(srv.url, PatientProbes(), probe_delay=0.05)
+        order = partial(WsDelegatedRequest, 7, req_frame(7, "place"), timeout=0.3, reply_to=desk)
+        ref.tell(order(context="first"))
+        assert isinstance(next_of(sink, WsOutcome).error, Unconfirmed)
+        wait_until(lambda: len(venue.held) == 1, 10, "the first use's probe")
+        ref.tell(order(context="again"))  # the same id placed again: ambiguous too
+        assert isinstance(next_of(sink, WsOutcome).error, Unconfirmed)
+        # The first use can no longer be told apart from the second: unknown.
+        [first] = resolutions(sink, 1)
+        assert (first.context, first.executed) == ("first", None)
+        wait_until(lambda: stats(ref).probes == 2, 10, "the second use's probe")
+        srv.wait_for_open_connections(1)
+        for answer in venue.release():
+            srv.send_to_all(answer)
+        [again] = resolutions(sink, 1)  # by its own probe, not the first one's
+        assert (again.context, again.executed) == ("again", True)
+        assert stats(ref).probes == 2
+
+
+def test_a_late_reply_takes_a_request_out_of_the_probe_queue() -> None:
+    venue = HeldProbes()
+    actor_class, instances = inspectable()
+    with WsTestServer(venue) as srv:
+        sink: queue.Queue[Any] = queue.Queue()
+        desk = Collector.start(sink)
+        # max_pending_requests=4: one probe in flight at a time (a quarter).
+        ref = start(
+            srv.url, PatientProbes(), probe_delay=0.05, max_pending_requests=4, actor=actor_class
+        )
+        for request_id in (1, 2):
+            ref.tell(
+                WsDelegatedRequest(
+                    request_id, req_frame(request_id, "place"), timeout=0.3, reply_to=desk
+                )
+            )
+        outcomes = [next_of(sink, WsOutcome) for _ in range(2)]
+        assert all(isinstance(o.error, Unconfirmed) for o in outcomes)
+        actor = instances[0]
+        wait_until(lambda: len(venue.held) == 1, 10, "one probe in flight")
+        wait_until(lambda: len(actor._probes_waiting) == 1, 10, "the other waiting its turn")
+        waiting = next(iter(actor._probes_waiting))
+        srv.send_to_all(json.dumps({"id": waiting, "result": "ok"}))  # its late ack
+        [late] = resolutions(sink, 1)
+        assert (late.request_id, late.executed) == (waiting, True)
+        assert len(actor._probes_waiting) == 0
+        for answer in venue.release():
+            srv.send_to_all(answer)
+        [probed] = resolutions(sink, 1)
+        assert probed.request_id == 3 - waiting
+        assert probed.executed is True
+        assert stats(ref).probes == 1  # the late-acknowledged one was never probed
+
+
+def test_beyond_max_unresolved_the_oldest_is_resolved_as_unknown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_recovery, "MAX_UNRESOLVED", 2)
+    with WsTestServer(None) as silent:
+        sink: queue.Queue[Any] = queue.Queue()
+        desk = Collector.start(sink)
+        ref = start(silent.url, PatientProbes(), probe_delay=30.0)
+        for request_id in (1, 2, 3):
+            ref.tell(
+                WsDelegatedRequest(request_id, req_frame(request_id), timeout=0.2, reply_to=desk)
+            )
+            assert isinstance(next_of(sink, WsOutcome).error, Unconfirmed)
+        [forgotten] = resolutions(sink, 1)  # long before any probe is due
+        assert (forgotten.request_id, forgotten.executed) == (1, None)
+        assert stats(ref).probes == 0
 
 
 # -- per-stream gap recovery -------------------------------------------------------------

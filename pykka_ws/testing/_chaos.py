@@ -500,11 +500,10 @@ class ChaosServer(WsTestServer):
                 return  # websockets fails the connection: not a message
         else:
             frame = payload
-        now = time.monotonic()
-        with self._cond:
+        with self._cond:  # the time read under the lock: logs in time order
             state = connection.chaos_state
             state.frames.append(frame)
-            state.received_at.append(now)
+            state.received_at.append(time.monotonic())
 
     def _handle_connection(self, connection: ServerConnection) -> None:
         if isinstance(connection, _ChaosConnection):
