@@ -49,6 +49,11 @@ def _library_threads() -> int:
     return sum(1 for t in threading.enumerate() if t.name.startswith("pykka-ws-connect"))
 
 
+def _shared_threads() -> int:
+    """Threads one per process, not per connection (pykka-ws' timer scheduler)."""
+    return sum(1 for t in threading.enumerate() if t.name == "pykka-ws-scheduler")
+
+
 class Fleet:
     """N connections of one kind, and the code that drives them."""
 
@@ -65,7 +70,7 @@ class Fleet:
 
     def open(self) -> dict[str, Any]:
         """Open every connection; return the setup measurements."""
-        threads_before = threading.active_count()
+        threads_before = threading.active_count() - _shared_threads()
         fds_before = common.open_fds()
         rss_before = common.rss_bytes()
         start = time.perf_counter()
@@ -97,7 +102,8 @@ class Fleet:
             "ping_interval": self.ping,
             "setup_s": setup_s,
             "threads_before": threads_before,
-            "threads_after": threading.active_count(),
+            "threads_after": threading.active_count() - _shared_threads(),
+            "shared_threads": _shared_threads(),
             "rss_before": rss_before,
             "rss_after": common.rss_bytes(),
             "fds_before": fds_before,
