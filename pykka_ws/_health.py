@@ -161,8 +161,12 @@ class Health:
 
     def _on_keepalive_tick(self, message: KeepaliveTick) -> None:
         connection = self._connection
-        if not self._is_current(message.generation) or connection is None or self._pinging:
-            return  # pragma: no cover - a tick is scheduled only once per ping
+        if not self._is_current(message.generation) or connection is None:
+            return
+        if self._pinging:  # an older connection's ping is still with the writer
+            interval = self._settings.ping_interval or 0.0
+            SCHEDULER.call_later(interval, self.actor_ref, message)
+            return
         assert self._writer is not None  # noqa: S101 - started before any connection
         self._pinging = True
         hand_ping_to_writer(self._writer, connection, message.generation, self.actor_ref)
@@ -172,12 +176,18 @@ class Health:
         interval, timeout = self._settings.pings
         if message.pong is None or interval is None or not self._is_current(message.generation):
             return  # the connection is ending: its Closed is on the way
-        self._ping_out, self._ping_sent_at = message.pong, message.sent_at
-        if timeout is None:  # no pong awaited: the next ping one interval on
+        self._ping_sent_at = message.sent_at
+        # No pong awaited, or it came already (the receiving thread can beat the
+        # writer's PingSent here, and _on_pong then had no ping to match): the
+        # next ping one interval after this one. Exactly one of the two paths
+        # schedules it.
+        if timeout is None or message.pong.is_set():
+            self._ping_out = None
             SCHEDULER.call_at(
                 message.sent_at + interval, self.actor_ref, KeepaliveTick(message.generation)
             )
         else:
+            self._ping_out = message.pong
             check = PongCheck(message.generation, message.pong)
             SCHEDULER.call_at(message.sent_at + timeout, self.actor_ref, check)
 

@@ -59,6 +59,7 @@ class InboundPath:
     _watch_stale: bool
     _last_inbound: float
     _sequenced: bool
+    _generation: int  # ConnectionLife's: the current attempt
     _unresolved: OrderedDict[RequestId, Any]  # Recovery's (only its emptiness is read here)
     _call_hook: Callable[..., Any]
     _hook_garbage: Callable[[str, object], None]
@@ -80,13 +81,18 @@ class InboundPath:
     def _on_inbound_ready(self, message: InboundReady) -> None:
         """Handle the events the receiving thread queued, in order; credit the frames."""
         sink = message.sink
+        # A dropped connection's frames (a health decision, WsReconnect), or an
+        # older attempt's, are stale: credited and discarded, never told after
+        # its WsDisconnected (nor parsed against the next connection's state).
+        stale = sink.dropped or sink.generation != self._generation
         frames = 0
         try:
             for event in sink.take(BATCH):
                 try:
                     if type(event) is Inbound:
                         frames += 1
-                        self._frame(event)
+                        if not stale:
+                            self._frame(event)
                         continue
                     if frames:  # credit what came before, first (Closed releases credits)
                         self._credit(sink, frames)

@@ -120,6 +120,7 @@ class ConnectionLife:
     _schedule_expiry: Callable[[], None]
     _tell_reply_to: Callable[[WsDelegatedRequest, Deferred], None]
     _last_seq: dict[Any, int]  # Recovery's
+    _pinging: bool  # Health's: a keepalive ping is with the writer
     _start_delivering: Callable[[], None]
     _replayed_frames: Callable[[], list[Frame]]
     _start_watching: Callable[[int], None]
@@ -329,8 +330,10 @@ class ConnectionLife:
         self._connection = None
         if connection is not None:
             connection.drop()
-            if stuck:
-                connection.abort()  # close() would wait on the stuck write's lock
+            if stuck or self._pinging:
+                # close() would wait on the lock of the stuck write (or of a
+                # keepalive ping with the writer, which may be stuck too).
+                connection.abort()
             else:
                 try:
                     connection.close()

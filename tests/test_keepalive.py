@@ -14,10 +14,11 @@ import time
 from typing import Any
 
 import pykka
+import pytest
 from websockets.exceptions import ConnectionClosedError
 from websockets.frames import CloseCode
 
-from pykka_ws import WsConnected, WsDelegatedRequest, WsDisconnected
+from pykka_ws import WsConnected, WsDelegatedRequest, WsDisconnected, _writer
 from pykka_ws.testing import FaultProxy, WsTestServer
 from tests.support import (
     DEADLINE_SLACK,
@@ -131,4 +132,56 @@ def test_three_threads_per_connection_each_named_and_gone_after_stop(
     assert not others
     for ref in refs:
         ref.stop()
+    wait_no_library_threads()
+
+
+def test_a_pong_handled_before_its_ping_sent_still_arms_the_next_ping(
+    server: WsTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The receiving thread can hand the owner the pong before the writer's
+    # PingSent arrives. Force that order for every ping: the writer returns
+    # only once the owner has handled the pong.
+    actor, instances = inspectable()
+    pong_first: list[bool] = []
+
+    def send_ping_late(connection: Any) -> tuple[threading.Event | None, float]:
+        pong, sent_at = _writer.send_ping.__wrapped__(connection)  # type: ignore[attr-defined]
+        if pong is not None and instances:
+            handled = len(instances[0]._rtts) + 1
+            pong.wait(10)
+            wait_until(lambda: len(instances[0]._rtts) >= handled, 10, "the pong handled")
+            pong_first.append(True)
+        return pong, sent_at
+
+    send_ping_late.__wrapped__ = _writer.send_ping  # type: ignore[attr-defined]
+    monkeypatch.setattr(_writer, "send_ping", send_ping_late)
+    ref = start(server.url, actor=actor, ping_interval=0.02, ping_timeout=1.0)
+    wait_until(lambda: len(pong_first) >= 5, 10, "five pings, each pong handled first")
+    assert stats(ref).reconnects == 0
+
+
+def test_stop_does_not_wait_for_a_keepalive_ping_stuck_in_its_write(
+    server: WsTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A ping written when the peer stopped reading holds websockets' lock in
+    # sendall until the socket goes: stop() must abort, not close() politely.
+    holding = threading.Event()
+
+    def stuck_ping(connection: Any) -> tuple[threading.Event | None, float]:
+        with connection.protocol_mutex:
+            holding.set()
+            deadline = time.monotonic() + 10
+            while connection.socket.fileno() != -1 and time.monotonic() < deadline:
+                holding.wait(0.005)  # until the socket is shut and closed
+        return None, time.monotonic()
+
+    monkeypatch.setattr(_writer, "send_ping", stuck_ping)
+    ref = start(
+        server.url, ping_interval=0.02, ping_timeout=5.0, close_timeout=0.2, write_timeout=None
+    )
+    assert holding.wait(10)
+    started = time.monotonic()
+    ref.stop(timeout=15)
+    took = time.monotonic() - started
+    assert took < 0.2 + DEADLINE_SLACK, f"stop() took {took:.2f} s behind a stuck ping"
     wait_no_library_threads()
