@@ -27,6 +27,7 @@ import pykka
 import pytest
 
 import pykka_ws
+from pykka_ws.testing import WsTestServer
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -95,6 +96,11 @@ def test_page_python_blocks_run(page: Path) -> None:
                 exec(compile(source, f"docs/{page.name} block {number}", "exec"), namespace)  # noqa: S102 - our docs
     finally:
         pykka.ActorRegistry.stop_all()
+        # A block that failed half-way must not leave its servers running
+        # (the next tests check that no test server thread is left).
+        for value in namespace.values():
+            if isinstance(value, WsTestServer):
+                value.stop()
 
 
 def test_page_source_keeps_the_page_line_numbers() -> None:

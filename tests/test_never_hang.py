@@ -37,6 +37,7 @@ from .support import (
     JsonEndpoint,
     json_reply,
     next_of,
+    pause,
     req_frame,
     start,
     stats,
@@ -182,9 +183,10 @@ def test_generation_and_reconnects_count_connections_not_attempts() -> None:
 class SlowSubscriber(pykka.ThreadingActor):
     """Works a while on every frame and records how full its inbox got."""
 
-    def __init__(self, work: int) -> None:
+    def __init__(self, work: int, blocked: float = 0.0) -> None:
         super().__init__()
         self.work = work
+        self.blocked = blocked  # seconds blocked per frame (the GIL let go), not CPU
         self.frames: list[Any] = []
         self.peak = 0
         self.events: list[object] = []
@@ -192,7 +194,10 @@ class SlowSubscriber(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, WsInbound):
             self.peak = max(self.peak, self.actor_inbox.qsize())  # type: ignore[attr-defined]
-            sum(range(self.work))  # a slow consumer: CPU spent per frame
+            if self.blocked:
+                pause(self.blocked)  # a slow consumer waiting on something else
+            else:
+                sum(range(self.work))  # a slow consumer: CPU spent per frame
             self.frames.append(message.frame)
             return None
         if message == "report":
@@ -237,7 +242,10 @@ def test_drop_policy_drops_frames_for_a_full_subscriber_and_counts_them(
     server: WsTestServer,
 ) -> None:
     count = 2000
-    subscriber = SlowSubscriber.start(20_000)
+    # Slow by blocking, not by CPU: a subscriber spinning in C code would
+    # starve the reading threads of the GIL under load (a flake seen with two
+    # busy loops), which is not what this test is about.
+    subscriber = SlowSubscriber.start(0, blocked=0.005)
     ref = start(
         server.url,
         inbound=subscriber,

@@ -8,7 +8,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pykka
 import pytest
+
+from pykka_ws.testing import WsTestServer
 
 README = Path(__file__).resolve().parent.parent / "README.rst"
 BLOCK = re.compile(r"^\.\. code-block:: python\n\n((?:    .*\n|\n)+)", re.MULTILINE)
@@ -49,9 +52,17 @@ def test_readme_python_blocks_run() -> None:
     blocks = python_blocks(README.read_text())
     assert len(blocks) >= 5
     namespace: dict[str, object] = {"__name__": "readme"}
-    for number, block in enumerate(blocks, 1):
-        code = compile(block, f"README.rst block {number}", "exec")
-        exec(code, namespace)  # noqa: S102 - the README is ours
+    try:
+        for number, block in enumerate(blocks, 1):
+            code = compile(block, f"README.rst block {number}", "exec")
+            exec(code, namespace)  # noqa: S102 - the README is ours
+    finally:
+        # A block that failed half-way must not leave its actors and servers
+        # running (later tests check that no library thread is left).
+        pykka.ActorRegistry.stop_all()
+        for value in namespace.values():
+            if isinstance(value, WsTestServer):
+                value.stop()
 
 
 def test_python_source_keeps_the_readme_line_numbers() -> None:
