@@ -475,7 +475,10 @@ def test_tls_server_serves_wss_and_stops_during_a_tls_handshake() -> None:
     srv = WsTestServer(reply=echo, ssl=server_context).start()
     try:
         assert srv.url == f"wss://127.0.0.1:{srv.port}"
+        assert server_context.maximum_version is ssl.TLSVersion.TLSv1_2  # capped (see _server)
         with client(srv.url, ssl=client_context, server_hostname="localhost") as ws:
+            assert isinstance(ws.socket, ssl.SSLSocket)
+            assert ws.socket.version() == "TLSv1.2"
             ws.send("secret")
             assert ws.recv(timeout=5) == "secret"
         # Let the first connection's handler finish, so that the handler we

@@ -88,7 +88,11 @@ class WsTestServer(_ServerPlumbing):
         self._host = host
         self._requested_port = port
         self._bound_port: int | None = None
-        if ssl is not None and ssl.maximum_version > TLSVersion.TLSv1_2:
+        if ssl is not None and (
+            # MAXIMUM_SUPPORTED (the default) is -1: not "greater" than 1.2.
+            ssl.maximum_version is TLSVersion.MAXIMUM_SUPPORTED
+            or ssl.maximum_version > TLSVersion.TLSv1_2
+        ):
             # websockets' threading server waits in select() before reading
             # its TLS socket; under TLS 1.3 the client's first request can
             # come in the same flight as its handshake Finished, be read into
