@@ -88,6 +88,19 @@ def seconds_kind(value: object, *, optional: bool = False) -> str:
     return "ok" if math.isfinite(value) and value > 0 else "value"
 
 
+def wait_kind(value: object, *, optional: bool = False) -> str:
+    """Validity of seconds that locks and sockets wait on: also <= threading.TIMEOUT_MAX."""
+    kind = seconds_kind(value, optional=optional)
+    if kind == "ok" and value is not None:
+        assert isinstance(value, int | float)
+        return "value" if value > threading.TIMEOUT_MAX else "ok"
+    return kind
+
+
+def optional_wait_kind(value: object) -> str:
+    return wait_kind(value, optional=True)
+
+
 def count_kind(value: object) -> str:
     if isinstance(value, bool) or not isinstance(value, int):
         return "type"
@@ -289,10 +302,10 @@ START_ARGS: dict[str, tuple[st.SearchStrategy[Any], Any]] = {
     "max_batch": (st.one_of(st.integers(-2, 10**4), garbage), count_kind),
     "max_queue": (st.one_of(st.integers(-2, 10**4), garbage), count_kind),
     "max_size": (st.one_of(st.none(), st.integers(-2, 2**40), garbage), optional_count_kind),
-    "open_timeout": (st.one_of(modest_seconds, garbage), seconds_kind),
-    "write_timeout": (st.one_of(st.none(), modest_seconds, garbage), optional_seconds_kind),
-    "close_timeout": (st.one_of(modest_seconds, garbage), seconds_kind),
-    "ping_interval": (st.one_of(st.none(), modest_seconds, garbage), optional_seconds_kind),
+    "open_timeout": (st.one_of(modest_seconds, garbage), wait_kind),
+    "write_timeout": (st.one_of(st.none(), modest_seconds, garbage), optional_wait_kind),
+    "close_timeout": (st.one_of(modest_seconds, garbage), wait_kind),
+    "ping_interval": (st.one_of(st.none(), modest_seconds, garbage), optional_wait_kind),
     "compression": (
         st.one_of(st.sampled_from([None, "deflate", "gzip", ""]), garbage),
         compression_kind,
@@ -331,6 +344,7 @@ def start_arguments(draw: st.DrawFn) -> tuple[Any, dict[str, Any]]:
 @given(arguments=start_arguments())
 @example(arguments=(NOWHERE, {"max_pending_requests": True}))
 @example(arguments=(NOWHERE, {"max_size": None, "write_timeout": None, "ping_interval": None}))
+@example(arguments=(NOWHERE, {"ping_interval": 9223372037.0}))  # > TIMEOUT_MAX: refused
 @example(arguments=(b"ws://127.0.0.1:9", {}))
 def test_start_accepts_exactly_the_valid_arguments(arguments: tuple[Any, dict[str, Any]]) -> None:
     url, kwargs = arguments
