@@ -165,6 +165,7 @@ def test_generation_and_reconnects_count_connections_not_attempts() -> None:
         assert current.reconnects == 0
         assert current.attempts >= 3
         # A lost connection and its replacement: generation 2, one reconnect.
+        server.wait_for_open_connections(1)  # the client may see it open first
         server.close_connections()
         lost = next_of(sink, WsDisconnected)
         while not lost.was_open:  # refusals while the server lets it back in
