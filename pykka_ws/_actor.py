@@ -301,11 +301,19 @@ class WebSocketActor(InboundPath, Routing, Recovery, Health, ConnectionLife, pyk
         """Start the writer and the first connection attempt."""
         mark_owner_thread()
         SCHEDULER.acquire()
-        self._writer = WsWriter.start(self._core.claims)
-        # The writer is internal: pykka's stop_all() must not stop it before
-        # its owner. The owner stops it.
-        pykka.ActorRegistry.unregister(self._writer)
-        self._connect()
+        try:
+            self._writer = WsWriter.start(self._core.claims)
+            # The writer is internal: pykka's stop_all() must not stop it
+            # before its owner. The owner stops it.
+            pykka.ActorRegistry.unregister(self._writer)
+            self._connect()
+        except BaseException:
+            # pykka stops the actor without calling on_stop (it logs the
+            # error): undo what started, and answer what was told meanwhile.
+            self._shutdown()
+            unmark_owner_thread()
+            self._close_inbox()
+            raise
 
     def on_stop(self) -> None:
         """End every request, close the connection, join every thread."""
@@ -315,6 +323,7 @@ class WebSocketActor(InboundPath, Routing, Recovery, Health, ConnectionLife, pyk
             # Dead now: blocking is safe again (pykka may call stop_all() on
             # this thread after a BaseException).
             unmark_owner_thread()
+            self._close_inbox()
 
     def on_failure(self, *_exc_info: object) -> None:
         """Clean up as on stop, should a handler ever fail."""
@@ -322,6 +331,7 @@ class WebSocketActor(InboundPath, Routing, Recovery, Health, ConnectionLife, pyk
             self._shutdown()
         finally:
             unmark_owner_thread()
+            self._close_inbox()
 
     def on_receive(self, message: Any) -> Any:
         """Dispatch a message to its handler."""

@@ -1,4 +1,4 @@
-"""A lighter inbox for the library's own actors: the owner and the writer.
+"""A lighter, closable inbox for the library's own actors: the owner and the writer.
 
 pykka's `ThreadingActor` makes each actor's inbox a `queue.Queue`, whose every
 ``put`` and ``get`` goes through a Python-level `threading.Condition`: about
@@ -14,16 +14,91 @@ pykka builds an actor's inbox with its class's ``_create_actor_inbox()``,
 the hook pykka documents for implementors of actor types, as it does
 ``_create_future()`` (see `_futures`): the two hooks of pykka relied on.
 Subscriber actors are the user's: their inboxes are left as they are.
+
+**Closing.** pykka's ``tell`` and ``ask`` check that the actor is alive,
+then put the message in its inbox: two steps, with no lock between them. A
+message whose sender passed the check just before the actor stopped can be
+put after pykka's last look at the inbox; pykka then never answers it: an
+``ask`` without a timeout waits for ever, and a request's ``reply_to`` is
+never told. An `Inbox` is closed once its actor has stopped handling
+messages: from then on, whoever puts a message answers it, right after the
+put (the put, then a look at the closed flag: either the closer's drain
+finds the message or its sender sees the flag; no lock is needed, and each
+message is taken once, by whichever of them gets it first).
 """
 
 from __future__ import annotations
 
 import queue
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["light_inbox"]
+import pykka
+from pykka.messages import _ActorStop  # answered as pykka's teardown answers it
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["Inbox", "answer_stopped", "light_inbox", "refuse_all"]
 
 
-def light_inbox() -> queue.SimpleQueue[Any]:
+class Inbox(queue.SimpleQueue[Any]):
+    """A `queue.SimpleQueue` that, once closed, has its senders answer what they put."""
+
+    __slots__ = ("_refuse",)
+
+    def __init__(self) -> None:
+        self._refuse: Callable[[Inbox], None] | None = None
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        """Put ``item``; if the inbox is closed, answer everything in it."""
+        super().put(item, block, timeout)
+        refuse = self._refuse
+        if refuse is not None:
+            refuse(self)
+
+    @property
+    def closed(self) -> bool:
+        """Whether `close` was called."""
+        return self._refuse is not None
+
+    def close(self, refuse: Callable[[Inbox], None]) -> None:
+        """Answer what is in the inbox now, and what is put from now on, with ``refuse``.
+
+        ``refuse`` takes the inbox and must empty it (``get_nowait`` until
+        `queue.Empty`) without putting anything back; it may run on any
+        thread that puts a message, and on several at once.
+        """
+        self._refuse = refuse
+        refuse(self)
+
+
+def light_inbox() -> Inbox:
     """A new inbox: a C FIFO without a Python-level condition per message."""
-    return queue.SimpleQueue()
+    return Inbox()
+
+
+def answer_stopped(envelope: Any) -> None:
+    """Answer a pykka envelope as pykka's teardown does.
+
+    A stop request is answered as done, any other ask with
+    `pykka.ActorDeadError`; a tell has no one to answer. Relies on pykka 4's
+    envelopes having ``message`` and ``reply_to``.
+    """
+    reply_to = envelope.reply_to
+    if reply_to is None:
+        return
+    if isinstance(envelope.message, _ActorStop):
+        reply_to.set(None)
+    else:
+        error = pykka.ActorDeadError("the actor stopped before handling the message")
+        reply_to.set_exception((pykka.ActorDeadError, error, None))
+
+
+def refuse_all(inbox: Inbox) -> None:
+    """Empty ``inbox``, answering each message with `answer_stopped`."""
+    while True:
+        try:
+            envelope = inbox.get_nowait()
+        except queue.Empty:
+            return
+        answer_stopped(envelope)

@@ -25,6 +25,7 @@ from pykka_ws._connector import ConnectorSlot, run_connector
 from pykka_ws._endpoint import WsEndpoint
 from pykka_ws._errors import NotDelivered, WsOpenFailed
 from pykka_ws._futures import ReplyTo, TellOwner
+from pykka_ws._inbox import Inbox, answer_stopped
 from pykka_ws._messages import WsConnected, WsDelegatedRequest, WsDisconnected, check_frame
 from pykka_ws._scheduler import SCHEDULER
 
@@ -381,6 +382,13 @@ class ConnectionLife:
             refuse_inbox(self.actor_inbox, self._handlers, self._drops)
         refuse_inbox(self.actor_inbox, self._handlers, self._drops)
 
+    def _close_inbox(self) -> None:
+        """Have whoever tells this stopped actor from now on be answered (see `_inbox`)."""
+        inbox = self.actor_inbox
+        if isinstance(inbox, Inbox) and not inbox.closed:
+            own, drops = self._handlers, self._drops
+            inbox.close(lambda box: refuse_inbox(box, own, drops, closed=True))
+
 
 class GateDone:
     """An ``on_open`` request of ``generation`` ended (``error`` None: confirmed)."""
@@ -452,12 +460,17 @@ def describe(cause: BaseException | None) -> str | None:
     return " <- ".join(parts)
 
 
-def refuse_inbox(inbox: Any, own: Mapping[type, object], drops: DropCounts) -> None:
+def refuse_inbox(
+    inbox: Any, own: Mapping[type, object], drops: DropCounts, *, closed: bool = False
+) -> None:
     """Answer the asks waiting in a stopping actor's inbox as pykka's teardown would.
 
     Relies on pykka's envelopes having ``message`` and ``reply_to`` (pykka 4).
-    Messages of types not in ``own`` are put back, in order, for pykka. A
-    `WsDelegatedRequest` with a ``reply_to`` has it told `NotDelivered`.
+    Messages of types not in ``own`` are put back, in order, for pykka, unless
+    the inbox is ``closed`` (see `_inbox.Inbox`): pykka has drained it for the
+    last time, or may have, so they are answered here as pykka would answer
+    them: its stop request as done, any other ask with `pykka.ActorDeadError`.
+    A `WsDelegatedRequest` with a ``reply_to`` has it told `NotDelivered`.
     """
     kept = []
     while True:
@@ -465,10 +478,13 @@ def refuse_inbox(inbox: Any, own: Mapping[type, object], drops: DropCounts) -> N
             envelope = inbox.get_nowait()
         except queue.Empty:
             break
-        if type(envelope.message) not in own:
-            kept.append(envelope)
-            continue
         message = envelope.message
+        if type(message) not in own:
+            if closed:
+                answer_stopped(envelope)
+            else:
+                kept.append(envelope)
+            continue
         if isinstance(message, WsDelegatedRequest) and message.reply_to is not None:
             request_id = message.request_id
             never = NotDelivered(
@@ -479,9 +495,6 @@ def refuse_inbox(inbox: Any, own: Mapping[type, object], drops: DropCounts) -> N
             ReplyTo(message.reply_to, request_id, message.context, drops).set_exception_now(
                 exc_info
             )
-        reply_to = envelope.reply_to
-        if reply_to is not None:
-            error = pykka.ActorDeadError("the actor stopped before handling the message")
-            reply_to.set_exception((pykka.ActorDeadError, error, None))
+        answer_stopped(envelope)
     for envelope in kept:
         inbox.put(envelope)

@@ -16,7 +16,7 @@ import pykka
 
 from pykka_ws._core import Batch
 from pykka_ws._futures import CallbackFuture
-from pykka_ws._inbox import light_inbox
+from pykka_ws._inbox import Inbox, light_inbox, refuse_all
 from pykka_ws._wire import Ping, send_ping, write_batch
 
 if TYPE_CHECKING:
@@ -41,6 +41,12 @@ class WsWriter(pykka.ThreadingActor):
     def __init__(self, claims: ClaimLock) -> None:
         super().__init__()
         self._claims = claims
+
+    def on_stop(self) -> None:
+        """Have whoever tells it from now on be answered (see `_inbox`)."""
+        inbox = self.actor_inbox
+        if isinstance(inbox, Inbox):
+            inbox.close(refuse_all)
 
     def on_receive(self, message: Any) -> Any:
         """Write a `Batch` (return a `_wire.WriteResult`) or send a keepalive `_wire.Ping`."""

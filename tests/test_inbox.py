@@ -1,12 +1,27 @@
-"""The owner's and the writer's inboxes are C FIFOs (`queue.SimpleQueue`), order kept."""
+"""The owner's and the writer's inboxes: C FIFOs that keep order, closed once their actor stops.
+
+pykka's ``tell`` and ``ask`` check that the actor is alive, then put: a
+message put after pykka's last look at a stopped actor's inbox was never
+answered (a ``reply_to`` never told, an ``ask`` waiting for ever). The late
+put is what these tests do by hand: exactly pykka's put, after its check.
+"""
 
 from __future__ import annotations
 
 import queue
+import threading
+from typing import Any
 
-from pykka_ws import WsDelegatedRequest, WsSend
+import pykka
+import pytest
+from pykka._envelope import Envelope
+from pykka.messages import _ActorStop
+
+from pykka_ws import NotDelivered, WebSocketActor, WsDelegatedRequest, WsGetStats, WsOutcome, WsSend
+from pykka_ws._futures import CallbackFuture
+from pykka_ws._inbox import Inbox, refuse_all
 from pykka_ws.testing import WsTestServer
-from tests.support import inspectable, req_frame, start
+from tests.support import Collector, inspectable, next_of, req_frame, start
 
 FRAMES = 500
 
@@ -23,3 +38,148 @@ def test_owner_and_writer_inboxes_are_simple_queues_and_keep_order(server: WsTes
     assert ref.ask(WsDelegatedRequest("last", req_frame("last")), timeout=10).confirmed
     received = [f for f in server.wait_for_received(FRAMES + 1) if str(f).startswith("frame-")]
     assert received == [f"frame-{i}" for i in range(FRAMES)]
+
+
+def test_a_request_put_after_the_stop_has_its_reply_to_told(server: WsTestServer) -> None:
+    sink: queue.Queue[Any] = queue.Queue()
+    desk = Collector.start(sink)
+    try:
+        ref = WebSocketActor.start(server.url)
+        inbox = ref.actor_inbox
+        ref.stop()
+        assert isinstance(inbox, Inbox)
+        assert inbox.closed
+        inbox.put(Envelope(WsDelegatedRequest(7, req_frame(7), reply_to=desk)))
+        outcome = next_of(sink, WsOutcome)
+        assert outcome.request_id == 7
+        assert isinstance(outcome.error, NotDelivered)
+        assert "stopped before handling it" in str(outcome.error)
+        assert inbox.empty()
+    finally:
+        desk.stop()
+
+
+def test_an_ask_put_after_the_stop_is_answered(server: WsTestServer) -> None:
+    ref = WebSocketActor.start(server.url)
+    inbox = ref.actor_inbox
+    ref.stop()
+    asked: pykka.Future[Any] = CallbackFuture()
+    inbox.put(Envelope(WsGetStats(), reply_to=asked))
+    with pytest.raises(pykka.ActorDeadError):
+        asked.get(timeout=5)
+    # A racing second stop is answered as pykka answers it: stopped.
+    stopping: pykka.Future[Any] = CallbackFuture()
+    inbox.put(Envelope(_ActorStop(), reply_to=stopping))
+    assert stopping.get(timeout=5) is None
+    # A foreign ask (a pykka proxy's call, say) gets ActorDeadError too.
+    foreign: pykka.Future[Any] = CallbackFuture()
+    inbox.put(Envelope("not ours", reply_to=foreign))
+    with pytest.raises(pykka.ActorDeadError):
+        foreign.get(timeout=5)
+
+
+def test_the_writer_answers_what_is_put_after_its_stop(server: WsTestServer) -> None:
+    actor_class, instances = inspectable()
+    ref = start(server.url, actor=actor_class)
+    writer = instances[0]._writer
+    assert writer is not None
+    inbox = writer.actor_inbox
+    ref.stop()
+    assert isinstance(inbox, Inbox)
+    assert inbox.closed
+    asked: pykka.Future[Any] = CallbackFuture()
+    inbox.put(Envelope("a batch", reply_to=asked))
+    with pytest.raises(pykka.ActorDeadError):
+        asked.get(timeout=5)
+
+
+def test_a_failed_start_still_answers_what_is_told(mocker: Any, server: WsTestServer) -> None:
+    failed = threading.Event()
+
+    def boom(*_args: Any, **_kwargs: Any) -> Any:
+        failed.set()
+        raise RuntimeError("can't start new thread")
+
+    mocker.patch("pykka_ws._actor.WsWriter.start", side_effect=boom)
+    ref = WebSocketActor.start(server.url)
+    inbox = ref.actor_inbox
+    assert failed.wait(5)
+    assert isinstance(inbox, Inbox)
+    ref.actor_stopped.wait(5)
+    asked: pykka.Future[Any] = CallbackFuture()
+    inbox.put(Envelope(WsGetStats(), reply_to=asked))
+    with pytest.raises(pykka.ActorDeadError):
+        asked.get(timeout=5)
+
+
+# -- the inbox alone, no actor ----------------------------------------------------
+
+
+def test_a_closed_inbox_has_its_sender_answer_each_message_once() -> None:
+    answered: list[Any] = []
+    lock = threading.Lock()
+
+    def refuse(box: Inbox) -> None:
+        while True:
+            try:
+                item = box.get_nowait()
+            except queue.Empty:
+                return
+            with lock:
+                answered.append(item)
+
+    inbox = Inbox()
+    inbox.put("before")
+    assert answered == []
+    inbox.close(refuse)
+    assert answered == ["before"]
+    inbox.put("after")
+    assert answered == ["before", "after"]
+    assert inbox.empty()
+
+
+def test_racing_senders_and_a_closer_lose_no_message() -> None:
+    for _ in range(20):
+        answered: list[Any] = []
+        lock = threading.Lock()
+
+        def refuse(box: Inbox, answered: list[Any] = answered, lock: threading.Lock = lock) -> None:
+            while True:
+                try:
+                    item = box.get_nowait()
+                except queue.Empty:
+                    return
+                with lock:
+                    answered.append(item)
+
+        inbox = Inbox()
+        go = threading.Barrier(5)
+
+        def send(n: int, inbox: Inbox = inbox, go: threading.Barrier = go) -> None:
+            go.wait(5)
+            for i in range(500):
+                inbox.put((n, i))
+
+        senders = [threading.Thread(target=send, args=(n,)) for n in range(4)]
+        for t in senders:
+            t.start()
+        go.wait(5)
+        inbox.close(refuse)
+        for t in senders:
+            t.join(10)
+        # Every message was taken once, by the closer or by its sender.
+        assert sorted(answered) == sorted((n, i) for n in range(4) for i in range(500))
+
+
+def test_refuse_all_answers_as_pykka_teardown_does() -> None:
+    inbox = Inbox()
+    stop: pykka.Future[Any] = CallbackFuture()
+    ask: pykka.Future[Any] = CallbackFuture()
+    inbox.put(Envelope(_ActorStop(), reply_to=stop))
+    inbox.put(Envelope("tell"))
+    inbox.put(Envelope("ask", reply_to=ask))
+    inbox.close(refuse_all)
+    assert stop.get(timeout=1) is None
+    with pytest.raises(pykka.ActorDeadError):
+        ask.get(timeout=1)
+    assert inbox.empty()
