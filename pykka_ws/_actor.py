@@ -300,8 +300,10 @@ class WebSocketActor(InboundPath, Routing, Recovery, Health, ConnectionLife, pyk
     def on_start(self) -> None:
         """Start the writer and the first connection attempt."""
         mark_owner_thread()
-        SCHEDULER.acquire()
+        acquired = False
         try:
+            SCHEDULER.acquire()
+            acquired = True
             self._writer = WsWriter.start(self._core.claims)
             # The writer is internal: pykka's stop_all() must not stop it
             # before its owner. The owner stops it.
@@ -310,9 +312,12 @@ class WebSocketActor(InboundPath, Routing, Recovery, Health, ConnectionLife, pyk
         except BaseException:
             # pykka stops the actor without calling on_stop (it logs the
             # error): undo what started, and answer what was told meanwhile.
-            self._shutdown()
-            unmark_owner_thread()
-            self._close_inbox()
+            try:
+                if acquired:
+                    self._shutdown()  # releases the scheduler
+            finally:
+                unmark_owner_thread()
+                self._close_inbox()
             raise
 
     def on_stop(self) -> None:

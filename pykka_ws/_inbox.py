@@ -24,11 +24,16 @@ never told. An `Inbox` is closed once its actor has stopped handling
 messages: from then on, whoever puts a message answers it, right after the
 put (the put, then a look at the closed flag: either the closer's drain
 finds the message or its sender sees the flag; no lock is needed, and each
-message is taken once, by whichever of them gets it first).
+message is taken once, by whichever of them gets it first). pykka's own
+teardown, which drains the inbox after ``on_stop``, sees a closed inbox as
+empty: it would be a third reader outside that protocol. An answer that
+fails (a ``reply_to`` whose ``tell`` raises) is logged and the others go on:
+it never comes out of an unrelated sender's ``tell``.
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +44,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 __all__ = ["Inbox", "answer_stopped", "light_inbox", "refuse_all"]
+
+logger = logging.getLogger("pykka_ws")
 
 
 class Inbox(queue.SimpleQueue[Any]):
@@ -55,6 +62,21 @@ class Inbox(queue.SimpleQueue[Any]):
         refuse = self._refuse
         if refuse is not None:
             refuse(self)
+
+    def put_nowait(self, item: Any) -> None:
+        """As `put` (the C ``put_nowait`` would not call it)."""
+        self.put(item, block=False)
+
+    def empty(self) -> bool:
+        """Whether the inbox is empty; always True once closed.
+
+        pykka's teardown drains an inbox with ``while not empty(): get()``: a
+        third reader outside the closing protocol, which could take a late
+        request and drop it (a tell), or wait for ever in ``get()`` for a
+        message a sender answered meanwhile. A closed inbox is emptied by its
+        closer and its senders only; pykka sees nothing left.
+        """
+        return self._refuse is not None or super().empty()
 
     @property
     def closed(self) -> bool:
@@ -101,4 +123,7 @@ def refuse_all(inbox: Inbox) -> None:
             envelope = inbox.get_nowait()
         except queue.Empty:
             return
-        answer_stopped(envelope)
+        try:
+            answer_stopped(envelope)
+        except Exception:  # it runs in some sender's tell
+            logger.exception("pykka-ws: answering %r after the stop failed", envelope)

@@ -478,23 +478,35 @@ def refuse_inbox(
             envelope = inbox.get_nowait()
         except queue.Empty:
             break
-        message = envelope.message
-        if type(message) not in own:
-            if closed:
-                answer_stopped(envelope)
-            else:
-                kept.append(envelope)
+        if type(envelope.message) not in own and not closed:
+            kept.append(envelope)
             continue
-        if isinstance(message, WsDelegatedRequest) and message.reply_to is not None:
-            request_id = message.request_id
-            never = NotDelivered(
-                f"request {request_id!r}: the actor stopped before handling it",
-                request_id=request_id,
-            )
-            exc_info = (NotDelivered, never, None)
+        try:
+            _refuse(envelope, own, drops)
+        except Exception:  # a reply_to's tell that raised; it may run in some sender's tell
+            logger.exception("pykka-ws: answering %r after the stop failed", envelope)
+    for envelope in kept:
+        inbox.put(envelope)
+
+
+def _refuse(envelope: Any, own: Mapping[type, object], drops: DropCounts) -> None:
+    message = envelope.message
+    if (
+        type(message) in own
+        and isinstance(message, WsDelegatedRequest)
+        and message.reply_to is not None
+    ):
+        request_id = message.request_id
+        never = NotDelivered(
+            f"request {request_id!r}: the actor stopped before handling it",
+            request_id=request_id,
+        )
+        exc_info = (NotDelivered, never, None)
+        try:
             ReplyTo(message.reply_to, request_id, message.context, drops).set_exception_now(
                 exc_info
             )
-        answer_stopped(envelope)
-    for envelope in kept:
-        inbox.put(envelope)
+        finally:
+            answer_stopped(envelope)  # an ask is answered whatever the tell did
+        return
+    answer_stopped(envelope)

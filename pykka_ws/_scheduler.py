@@ -71,10 +71,15 @@ class Scheduler:
             self._users += 1
             if self._thread is None:
                 self._epoch += 1
-                self._thread = threading.Thread(
+                thread = threading.Thread(
                     target=self._run, args=(self._epoch,), name=_THREAD_NAME, daemon=True
                 )
-                self._thread.start()
+                try:
+                    thread.start()
+                except BaseException:
+                    self._users -= 1  # not registered: the caller's release() is not due
+                    raise
+                self._thread = thread
 
     def release(self) -> None:
         """Unregister a user; the last one stops and joins the thread."""

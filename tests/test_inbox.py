@@ -20,6 +20,7 @@ from pykka.messages import _ActorStop
 from pykka_ws import NotDelivered, WebSocketActor, WsDelegatedRequest, WsGetStats, WsOutcome, WsSend
 from pykka_ws._futures import CallbackFuture
 from pykka_ws._inbox import Inbox, refuse_all
+from pykka_ws._scheduler import Scheduler
 from pykka_ws.testing import WsTestServer
 from tests.support import Collector, inspectable, next_of, req_frame, start
 
@@ -54,7 +55,7 @@ def test_a_request_put_after_the_stop_has_its_reply_to_told(server: WsTestServer
         assert outcome.request_id == 7
         assert isinstance(outcome.error, NotDelivered)
         assert "stopped before handling it" in str(outcome.error)
-        assert inbox.empty()
+        assert inbox.qsize() == 0
     finally:
         desk.stop()
 
@@ -134,8 +135,9 @@ def test_a_closed_inbox_has_its_sender_answer_each_message_once() -> None:
     inbox.close(refuse)
     assert answered == ["before"]
     inbox.put("after")
-    assert answered == ["before", "after"]
-    assert inbox.empty()
+    inbox.put_nowait("after, nowait")
+    assert answered == ["before", "after", "after, nowait"]
+    assert inbox.qsize() == 0
 
 
 def test_racing_senders_and_a_closer_lose_no_message() -> None:
@@ -182,4 +184,70 @@ def test_refuse_all_answers_as_pykka_teardown_does() -> None:
     assert stop.get(timeout=1) is None
     with pytest.raises(pykka.ActorDeadError):
         ask.get(timeout=1)
-    assert inbox.empty()
+    assert inbox.qsize() == 0
+
+
+def test_pykka_teardown_takes_nothing_from_a_closed_inbox() -> None:
+    # pykka drains an inbox after on_stop with ``while not empty(): get()``:
+    # from a closed inbox it could take a late tell and drop it, or block in
+    # get() for a message its sender answered meanwhile. It sees nothing.
+    inbox = Inbox()
+    inbox.close(refuse_all)
+    late: pykka.Future[Any] = CallbackFuture()
+    # A sender between its put and its look at the closed flag:
+    queue.SimpleQueue.put(inbox, Envelope("late", reply_to=late))
+    taken = []
+    while not inbox.empty():  # pykka's _actor_loop_teardown
+        taken.append(inbox.get())
+    assert taken == []
+    assert inbox.qsize() == 1
+    refuse_all(inbox)  # the sender's look at the flag
+    with pytest.raises(pykka.ActorDeadError):
+        late.get(timeout=1)
+
+
+class BrokenDesk:
+    """A reply_to whose tell raises (a user's object with a ``tell``)."""
+
+    def tell(self, _message: Any) -> None:
+        raise RuntimeError("broken desk")
+
+
+def test_a_failing_answer_never_reaches_an_unrelated_sender(
+    server: WsTestServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    sink: queue.Queue[Any] = queue.Queue()
+    desk = Collector.start(sink)
+    try:
+        ref = WebSocketActor.start(server.url)
+        inbox = ref.actor_inbox
+        ref.stop()
+        asked: pykka.Future[Any] = CallbackFuture()
+        broken = WsDelegatedRequest(1, req_frame(1), reply_to=BrokenDesk())  # type: ignore[arg-type]
+        # Put without looking at the flag, so that the next sender answers both.
+        queue.SimpleQueue.put(inbox, Envelope(broken, reply_to=asked))
+        inbox.put(Envelope(WsDelegatedRequest(2, req_frame(2), reply_to=desk)))  # no raise
+        assert next_of(sink, WsOutcome).request_id == 2
+        with pytest.raises(pykka.ActorDeadError):
+            asked.get(timeout=5)  # answered although its reply_to's tell raised
+        assert "answering" in caplog.text
+        assert "broken desk" in caplog.text
+    finally:
+        desk.stop()
+
+
+def test_a_scheduler_whose_thread_cannot_start_is_left_unused(mocker: Any) -> None:
+    scheduler = Scheduler()
+    mocker.patch("threading.Thread.start", side_effect=RuntimeError("can't start new thread"))
+    with pytest.raises(RuntimeError):
+        scheduler.acquire()
+    mocker.stopall()
+    # Not registered: the next user starts the thread, and its release stops it.
+    assert scheduler._users == 0
+    assert scheduler._thread is None
+    scheduler.acquire()
+    thread = scheduler._thread
+    assert thread is not None
+    assert thread.is_alive()
+    scheduler.release()
+    assert not thread.is_alive()
