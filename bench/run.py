@@ -63,6 +63,7 @@ from rpc import (
 import pykka_ws
 from pykka_ws import (
     NotDelivered,
+    SubscriberActor,
     Unconfirmed,
     WsConfirmMode,
     WsDelegatedError,
@@ -587,8 +588,12 @@ class _Tally:
         self.target = target
 
 
-class Subscriber(pykka.ThreadingActor):
-    """An inbound subscriber that counts `WsInbound` messages and notes when the last came."""
+class Subscriber(SubscriberActor):
+    """An inbound subscriber that counts `WsInbound` messages and notes when the last came.
+
+    A `SubscriberActor`, as the README advises for a subscriber told many
+    frames: pykka's `ThreadingActor` with a `queue.SimpleQueue` inbox.
+    """
 
     def __init__(self, tally: _Tally) -> None:
         super().__init__()
@@ -602,6 +607,12 @@ class Subscriber(pykka.ThreadingActor):
             if tally.count == tally.target:
                 tally.finished = time.perf_counter()
                 tally.done.set()
+
+
+class PlainSubscriber(Subscriber):
+    """The same on pykka's own inbox (a `queue.Queue`): any `pykka.ThreadingActor`."""
+
+    _create_actor_inbox = staticmethod(queue.Queue)  # what pykka.ThreadingActor makes
 
 
 class RoutedEndpoint(WsEndpoint):
@@ -682,8 +693,11 @@ def bench_inbound(ctx: Context) -> Section:
     cfg = ctx.config
     n, rounds = cfg.inbound_frames, cfg.inbound_rounds
     warm = min(n, 2000)
-    tallies = {name: _Tally() for name in ("plain", "json", "routed")}
-    subscribers = {name: Subscriber.start(tally) for name, tally in tallies.items()}
+    tallies = {name: _Tally() for name in ("plain", "json", "routed", "pykka")}
+    subscribers = {
+        name: (PlainSubscriber if name == "pykka" else Subscriber).start(tally)
+        for name, tally in tallies.items()
+    }
     refs: list[ActorRef] = []
     ws = raw_connect(ctx.url)
     try:
@@ -694,7 +708,10 @@ def bench_inbound(ctx: Context) -> Section:
         routed = start_actor(ctx.url, endpoint=RoutedEndpoint())
         refs.append(routed)
         routed.ask(WsRoute("ticks", subscribers["routed"]))
-        for ref, name in ((plain, "plain"), (matched, "json"), (routed, "routed")):
+        on_pykka = start_actor(ctx.url, endpoint=WsEndpoint(), inbound=subscribers["pykka"])
+        refs.append(on_pykka)
+        cases = ((plain, "plain"), (matched, "json"), (routed, "routed"), (on_pykka, "pykka"))
+        for ref, name in cases:
             lib_inbound(ref, tallies[name], warm)
         raw_inbound(ws, warm, parse=False)
         raw_inbound(ws, warm, parse=True)
@@ -723,6 +740,14 @@ def bench_inbound(ctx: Context) -> Section:
                     "raw": lambda: raw_inbound_routed(ws, n),
                 },
             ),
+            "pykka": _interleave(
+                rounds,
+                ctx,
+                {
+                    "pykka-ws": lambda: lib_inbound(on_pykka, tallies["pykka"], n),
+                    "raw": lambda: raw_inbound(ws, n, parse=False),
+                },
+            ),
         }
         for tally in tallies.values():
             tally.reset(0)  # checks the last round's count
@@ -738,6 +763,7 @@ def bench_inbound(ctx: Context) -> Section:
         "plain": ("inbound frames to a subscriber", (">=", 0.9)),
         "json": ("  with a JSON matcher on every frame", (">=", 0.8)),
         "routed": ("  parsed + routed by channel (WsRoute)", None),
+        "pykka": ("  to a plain pykka.ThreadingActor", None),
     }
     for key, (label, target) in labels.items():
         lib_r, raw_r = results[key]["pykka-ws"], results[key]["raw"]
@@ -762,6 +788,10 @@ def bench_inbound(ctx: Context) -> Section:
             "pykka-ws: a WsSend asks for the push; timed until the subscriber actor has the last "
             "WsInbound (default max_queue and subscriber_queue, overflow 'block'); raw: one "
             "thread's recv() loop"
+        ),
+        (
+            "the subscriber is a pykka_ws.SubscriberActor (a queue.SimpleQueue inbox), except "
+            "on the last row: pykka's default inbox (queue.Queue, a Python-level Condition)"
         ),
         (
             "JSON matcher: match_response json.loads every frame (bench/rpc.py JsonRpcEndpoint) "

@@ -23,6 +23,7 @@ from pykka_ws._errors import (
     WsOpenFailed,
     WsSendRefused,
 )
+from pykka_ws._inbox import SubscriberActor
 from pykka_ws._messages import (
     Frame,
     RequestId,
@@ -56,6 +57,7 @@ __all__ = [
     "NotDelivered",
     "PayloadMismatch",
     "RequestId",
+    "SubscriberActor",
     "TooManyPending",
     "Unconfirmed",
     "WebSocketActor",

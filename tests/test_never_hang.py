@@ -17,6 +17,7 @@ from pytest_mock import MockerFixture
 
 from pykka_ws import (
     NotDelivered,
+    SubscriberActor,
     Unconfirmed,
     WebSocketActor,
     WsBackoff,
@@ -222,11 +223,18 @@ def _flood(server: WsTestServer, count: int) -> threading.Thread:
     return thread
 
 
+class LightSlowSubscriber(SubscriberActor, SlowSubscriber):
+    """The same, with `SubscriberActor`'s inbox (a `queue.SimpleQueue`)."""
+
+
+@pytest.mark.parametrize("kind", [SlowSubscriber, LightSlowSubscriber])
 def test_slow_subscriber_slows_the_socket_with_memory_bounded_and_order_kept(
-    server: WsTestServer,
+    server: WsTestServer, kind: type[SlowSubscriber]
 ) -> None:
     count = 3000
-    subscriber = SlowSubscriber.start(20_000)
+    subscriber = kind.start(20_000)
+    inbox_type = queue.SimpleQueue if kind is LightSlowSubscriber else queue.Queue
+    assert type(subscriber.actor_inbox) is inbox_type
     ref = start(server.url, inbound=subscriber, max_queue=32, subscriber_queue=64)
     flood = _flood(server, count)
     wait_until(lambda: len(_report(subscriber)[0]) == count, 50, "every frame delivered")
