@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pykka
 import pytest
@@ -22,7 +22,10 @@ from pykka_ws._futures import CallbackFuture
 from pykka_ws._inbox import Inbox, refuse_all
 from pykka_ws._scheduler import Scheduler
 from pykka_ws.testing import WsTestServer
-from tests.support import Collector, inspectable, next_of, req_frame, start
+from tests.support import inspectable, next_of, req_frame, start
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 FRAMES = 500
 
@@ -41,29 +44,30 @@ def test_owner_and_writer_inboxes_are_simple_queues_and_keep_order(server: WsTes
     assert received == [f"frame-{i}" for i in range(FRAMES)]
 
 
-def test_a_request_put_after_the_stop_has_its_reply_to_told(server: WsTestServer) -> None:
-    sink: queue.Queue[Any] = queue.Queue()
-    desk = Collector.start(sink)
-    try:
-        ref = WebSocketActor.start(server.url)
-        inbox = ref.actor_inbox
-        ref.stop()
-        assert isinstance(inbox, Inbox)
-        assert inbox.closed
-        inbox.put(Envelope(WsDelegatedRequest(7, req_frame(7), reply_to=desk)))
-        outcome = next_of(sink, WsOutcome)
-        assert outcome.request_id == 7
-        assert isinstance(outcome.error, NotDelivered)
-        assert "stopped before handling it" in str(outcome.error)
-        assert inbox.qsize() == 0
-    finally:
-        desk.stop()
-
-
-def test_an_ask_put_after_the_stop_is_answered(server: WsTestServer) -> None:
+def stopped_inbox(server: WsTestServer) -> Inbox:
+    """The inbox of an actor started and stopped: what a late sender puts in."""
     ref = WebSocketActor.start(server.url)
     inbox = ref.actor_inbox
     ref.stop()
+    assert isinstance(inbox, Inbox)
+    assert inbox.closed
+    return inbox
+
+
+def test_a_request_put_after_the_stop_has_its_reply_to_told(
+    server: WsTestServer, sink: queue.Queue[Any], collector: pykka.ActorRef[Any]
+) -> None:
+    inbox = stopped_inbox(server)
+    inbox.put(Envelope(WsDelegatedRequest(7, req_frame(7), reply_to=collector)))
+    outcome = next_of(sink, WsOutcome)
+    assert outcome.request_id == 7
+    assert isinstance(outcome.error, NotDelivered)
+    assert "stopped before handling it" in str(outcome.error)
+    assert inbox.qsize() == 0
+
+
+def test_an_ask_put_after_the_stop_is_answered(server: WsTestServer) -> None:
+    inbox = stopped_inbox(server)
     asked: pykka.Future[Any] = CallbackFuture()
     inbox.put(Envelope(WsGetStats(), reply_to=asked))
     with pytest.raises(pykka.ActorDeadError):
@@ -116,8 +120,8 @@ def test_a_failed_start_still_answers_what_is_told(mocker: Any, server: WsTestSe
 # -- the inbox alone, no actor ----------------------------------------------------
 
 
-def test_a_closed_inbox_has_its_sender_answer_each_message_once() -> None:
-    answered: list[Any] = []
+def recorder(answered: list[Any]) -> Callable[[Inbox], None]:
+    """A refuse callback that empties the inbox into ``answered`` (from any thread)."""
     lock = threading.Lock()
 
     def refuse(box: Inbox) -> None:
@@ -129,6 +133,12 @@ def test_a_closed_inbox_has_its_sender_answer_each_message_once() -> None:
             with lock:
                 answered.append(item)
 
+    return refuse
+
+
+def test_a_closed_inbox_has_its_sender_answer_each_message_once() -> None:
+    answered: list[Any] = []
+    refuse = recorder(answered)
     inbox = Inbox()
     inbox.put("before")
     assert answered == []
@@ -143,17 +153,7 @@ def test_a_closed_inbox_has_its_sender_answer_each_message_once() -> None:
 def test_racing_senders_and_a_closer_lose_no_message() -> None:
     for _ in range(20):
         answered: list[Any] = []
-        lock = threading.Lock()
-
-        def refuse(box: Inbox, answered: list[Any] = answered, lock: threading.Lock = lock) -> None:
-            while True:
-                try:
-                    item = box.get_nowait()
-                except queue.Empty:
-                    return
-                with lock:
-                    answered.append(item)
-
+        refuse = recorder(answered)
         inbox = Inbox()
         go = threading.Barrier(5)
 
@@ -214,26 +214,22 @@ class BrokenDesk:
 
 
 def test_a_failing_answer_never_reaches_an_unrelated_sender(
-    server: WsTestServer, caplog: pytest.LogCaptureFixture
+    server: WsTestServer,
+    sink: queue.Queue[Any],
+    collector: pykka.ActorRef[Any],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    sink: queue.Queue[Any] = queue.Queue()
-    desk = Collector.start(sink)
-    try:
-        ref = WebSocketActor.start(server.url)
-        inbox = ref.actor_inbox
-        ref.stop()
-        asked: pykka.Future[Any] = CallbackFuture()
-        broken = WsDelegatedRequest(1, req_frame(1), reply_to=BrokenDesk())  # type: ignore[arg-type]
-        # Put without looking at the flag, so that the next sender answers both.
-        queue.SimpleQueue.put(inbox, Envelope(broken, reply_to=asked))
-        inbox.put(Envelope(WsDelegatedRequest(2, req_frame(2), reply_to=desk)))  # no raise
-        assert next_of(sink, WsOutcome).request_id == 2
-        with pytest.raises(pykka.ActorDeadError):
-            asked.get(timeout=5)  # answered although its reply_to's tell raised
-        assert "answering" in caplog.text
-        assert "broken desk" in caplog.text
-    finally:
-        desk.stop()
+    inbox = stopped_inbox(server)
+    asked: pykka.Future[Any] = CallbackFuture()
+    broken = WsDelegatedRequest(1, req_frame(1), reply_to=BrokenDesk())  # type: ignore[arg-type]
+    # Put without looking at the flag, so that the next sender answers both.
+    queue.SimpleQueue.put(inbox, Envelope(broken, reply_to=asked))
+    inbox.put(Envelope(WsDelegatedRequest(2, req_frame(2), reply_to=collector)))  # no raise
+    assert next_of(sink, WsOutcome).request_id == 2
+    with pytest.raises(pykka.ActorDeadError):
+        asked.get(timeout=5)  # answered although its reply_to's tell raised
+    assert "answering" in caplog.text
+    assert "broken desk" in caplog.text
 
 
 def test_a_scheduler_whose_thread_cannot_start_is_left_unused(mocker: Any) -> None:
