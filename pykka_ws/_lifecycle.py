@@ -336,10 +336,19 @@ class ConnectionLife:
                 # keepalive ping with the writer, which may be stuck too).
                 connection.abort()
             else:
+                # websockets' close() takes the connection's lock with no
+                # timeout, then writes the close frame: a peer that does not
+                # read, with websockets' receiving thread stuck writing a pong
+                # under that lock (a ping flood), would hold stop() for ever.
+                # The watchdog aborts the socket at close_timeout, from the
+                # scheduler's thread, which ends both waits.
+                watchdog = SCHEDULER.run_later(self._settings.close_timeout, connection.abort)
                 try:
                     connection.close()
                 except Exception:  # noqa: BLE001
                     connection.abort()
+                finally:
+                    watchdog.cancel()
             self._old_connections.append(connection)
         for old in self._old_connections:
             if old is not connection:

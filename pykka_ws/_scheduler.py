@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 from pykka import ActorDeadError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from pykka import ActorRef
 
 __all__ = ["SCHEDULER", "Scheduler", "TimerHandle"]
@@ -29,11 +31,11 @@ _MAX_WAIT = 3600.0
 
 
 class TimerHandle:
-    """A scheduled tell; `cancel` it to drop it."""
+    """A scheduled tell (or, with no ``ref``, a call of ``message``); `cancel` it to drop it."""
 
     __slots__ = ("cancelled", "message", "ref", "when")
 
-    def __init__(self, when: float, ref: ActorRef[Any], message: object) -> None:
+    def __init__(self, when: float, ref: ActorRef[Any] | None, message: object) -> None:
         self.when = when
         self.ref = ref
         self.message = message
@@ -109,6 +111,20 @@ class Scheduler:
         """Tell ``message`` to ``ref`` after ``delay`` seconds."""
         return self.call_at(self._clock() + delay, ref, message)
 
+    def run_later(self, delay: float, fn: Callable[[], object]) -> TimerHandle:
+        """Call ``fn()`` on the scheduler's thread after ``delay`` seconds.
+
+        Only for a short call that must not wait on the actor it is for: a
+        watchdog that aborts a socket while its owner is blocked on it. It
+        runs on the one thread every actor's timers share.
+        """
+        handle = TimerHandle(self._clock() + delay, None, fn)
+        with self._cond:
+            heapq.heappush(self._heap, (handle.when, next(self._seq), handle))
+            if self._heap[0][2] is handle:
+                self._cond.notify()
+        return handle
+
     def _run(self, epoch: int) -> None:
         cond = self._cond
         heap = self._heap
@@ -136,11 +152,14 @@ class Scheduler:
                     return
             for handle in due:
                 try:
-                    handle.ref.tell(handle.message)
+                    if handle.ref is None:
+                        handle.message()  # type: ignore[operator]  # run_later's fn
+                    else:
+                        handle.ref.tell(handle.message)
                 except ActorDeadError:
                     pass
                 except Exception:
-                    logger.exception("pykka-ws scheduler failed to tell %r", handle.ref)
+                    logger.exception("pykka-ws scheduler failed to run %r", handle.message)
 
 
 SCHEDULER = Scheduler()

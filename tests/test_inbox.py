@@ -20,7 +20,6 @@ from pykka.messages import _ActorStop
 from pykka_ws import NotDelivered, WebSocketActor, WsDelegatedRequest, WsGetStats, WsOutcome, WsSend
 from pykka_ws._futures import CallbackFuture
 from pykka_ws._inbox import Inbox, refuse_all
-from pykka_ws._scheduler import Scheduler
 from pykka_ws.testing import WsTestServer
 from tests.support import inspectable, next_of, req_frame, start
 
@@ -230,20 +229,3 @@ def test_a_failing_answer_never_reaches_an_unrelated_sender(
         asked.get(timeout=5)  # answered although its reply_to's tell raised
     assert "answering" in caplog.text
     assert "broken desk" in caplog.text
-
-
-def test_a_scheduler_whose_thread_cannot_start_is_left_unused(mocker: Any) -> None:
-    scheduler = Scheduler()
-    mocker.patch("threading.Thread.start", side_effect=RuntimeError("can't start new thread"))
-    with pytest.raises(RuntimeError):
-        scheduler.acquire()
-    mocker.stopall()
-    # Not registered: the next user starts the thread, and its release stops it.
-    assert scheduler._users == 0
-    assert scheduler._thread is None
-    scheduler.acquire()
-    thread = scheduler._thread
-    assert thread is not None
-    assert thread.is_alive()
-    scheduler.release()
-    assert not thread.is_alive()

@@ -16,7 +16,9 @@ wrapped so that a read completes only after the socket was closed).
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import logging
 import select
 import socket
@@ -457,3 +459,82 @@ def test_stops_racing_pipelined_traffic_log_no_error(
         _traffic_then_racing_stops(server, pad)
     wait_no_library_threads()
     assert library_errors(caplog.records) == []
+
+
+# -- a peer that floods pings and never reads -------------------------------------------
+
+
+class PingFlooder:
+    """A raw WebSocket server: it answers the handshake, then sends pings and never reads.
+
+    websockets' receiving thread answers each ping with a pong, written
+    under the connection's lock; once the client's send buffer is full (the
+    peer reads nothing), that write blocks, holding the lock. ``stuck`` is
+    set once the client has stopped reading too (the flooder's own writes
+    time out): its one reader, the receiving thread, is blocked in a pong.
+    """
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self.stuck = threading.Event()
+        self._done = threading.Event()
+        self._peers: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._serve, name="test-ping-flooder", daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._done.set()
+        self._listener.close()
+        for peer in self._peers:
+            peer.close()
+        self._thread.join(5)
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            peer, _ = self._listener.accept()
+            self._peers.append(peer)
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += peer.recv(4096)
+            key = next(
+                line.split(b":", 1)[1].strip()
+                for line in request.split(b"\r\n")
+                if line.lower().startswith(b"sec-websocket-key:")
+            )
+            accept = base64.b64encode(hashlib.sha1(key + _WS_GUID).digest())  # noqa: S324
+            peer.sendall(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+            )
+            pings = b"\x89\x7d" + b"p" * 125  # a ping with the largest control payload
+            burst = pings * 64
+            peer.settimeout(0.5)
+            while not self._done.is_set():
+                try:
+                    peer.sendall(burst)
+                except TimeoutError:
+                    self.stuck.set()  # the client reads no more
+
+
+_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def test_stop_while_websockets_is_stuck_writing_pongs_returns_in_time() -> None:
+    actor_class, instances = inspectable()
+    with PingFlooder() as flooder:
+        ref = start(f"ws://127.0.0.1:{flooder.port}", actor=actor_class, ping_interval=None)
+        assert flooder.stuck.wait(20), "the client never stopped reading"
+        connection = instances[0]._connection
+        assert connection is not None
+        # The path: websockets' receiving thread holds the connection's lock,
+        # blocked writing a pong; close() would wait on that lock for ever.
+        assert connection.protocol_mutex.locked()
+        assert connection.recv_events_thread.is_alive()
+
+        assert_prompt(timed_stop(ref))
+
+        wait_no_library_threads(CLOSE_TIMEOUT + STOP_SLACK)
