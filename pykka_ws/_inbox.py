@@ -145,9 +145,9 @@ class SubscriberActor(pykka.ThreadingActor):
     Python-level `threading.Condition`; this one is a `queue.SimpleQueue`,
     CPython's C implementation of the same unbounded FIFO. Messages keep
     their order; flow control (``subscriber_queue``) reads its size as
-    before. On a 2-core VM it raised the frames per second a subscriber
-    actor gets from about 0.65x of raw websockets' ``recv()`` loop to
-    0.85-0.99x (``python bench/run.py --sections inbound``).
+    before. On a 2-core VM, the frames per second a subscriber actor gets
+    went from 0.50-0.67x of raw websockets' ``recv()`` loop to 0.72-0.99x
+    over five runs (``python bench/run.py --sections inbound``).
 
     It uses pykka's ``_create_actor_inbox`` hook, which pykka documents for
     implementors of actor types; nothing else of pykka's is changed.
