@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any, overload
 
+from pykka_ws._settings import check_optional_wait
+
 if TYPE_CHECKING:
     from pykka import ActorRef
 
@@ -82,8 +84,10 @@ def ask(ref: ActorRef[Any], message: object, *, timeout: float | None = None) ->
     Raises:
         pykka.Timeout: If ``timeout`` passed first.
         pykka.ActorDeadError: If the actor is not running.
+        TypeError: If ``timeout`` is not a number (before asking).
+        ValueError: If ``timeout`` is not finite and > 0 (before asking).
     """
-    return ref.ask(message, block=True, timeout=timeout)
+    return ref.ask(message, block=True, timeout=check_optional_wait(timeout, "timeout"))
 
 
 @overload
@@ -165,6 +169,11 @@ def request(
     Raises:
         pykka.Timeout: If ``timeout`` passed first (the request goes on).
         pykka.ActorDeadError: If the actor is not running.
+        TypeError: If ``timeout`` is not a number (before asking).
+        ValueError: If ``timeout`` is not finite and > 0 (before asking).
     """
-    ok: WsDelegatedOk = ref.ask(request, block=True, timeout=timeout)
+    # Checked before asking: pykka puts the message in the inbox first, and a
+    # bad timeout raising after that would look refused, with the request sent.
+    wait = check_optional_wait(timeout, "timeout")
+    ok: WsDelegatedOk = ref.ask(request, block=True, timeout=wait)
     return ok

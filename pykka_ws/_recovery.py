@@ -217,7 +217,8 @@ class Recovery:
             key, number = numbered
             if isinstance(number, bool) or not isinstance(number, int):
                 raise TypeError  # noqa: TRY301
-        except (TypeError, ValueError):
+            hash(key)  # a stream key is a dict key
+        except Exception:  # noqa: BLE001 - garbage of any kind (a key whose hash raises...)
             self._hook_garbage("sequence", numbered)
             return True
         seqs = self._last_seq

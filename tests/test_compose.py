@@ -35,6 +35,7 @@ from pykka_ws import (
     WsUnsubscribe,
     _actor,
     _writer,
+    ask,
     ask_async,
     request,
 )
@@ -219,6 +220,33 @@ def test_request_returns_the_ok_and_raises_the_outcome(server: WsTestServer) -> 
     assert ok.confirmed is True
     with pytest.raises(EndpointRejected):
         request(ref, WsDelegatedRequest(2, req_frame(2, "reject")))
+
+
+@pytest.mark.parametrize(
+    ("timeout", "error"),
+    [
+        ("1", TypeError),
+        ([1], TypeError),
+        (True, TypeError),
+        (float("nan"), ValueError),
+        (-1.0, ValueError),
+        (0, ValueError),
+        (float("inf"), ValueError),
+        (1e300, ValueError),
+    ],
+)
+def test_a_bad_timeout_of_request_and_ask_raises_before_anything_is_sent(
+    server: WsTestServer, timeout: Any, error: type[Exception]
+) -> None:
+    ref = start(server.url)
+    with pytest.raises(error, match="timeout"):
+        request(ref, WsDelegatedRequest(1, req_frame(1)), timeout=timeout)
+    with pytest.raises(error, match="timeout"):
+        ask(ref, WsDelegatedRequest(2, req_frame(2)), timeout=timeout)
+    # Nothing was asked: the actor saw no request, the server got no frame.
+    assert request(ref, WsDelegatedRequest(3, req_frame(3)), timeout=10).confirmed
+    assert [json.loads(f)["id"] for f in server.received] == [3]
+    assert sum(stats(ref).outcomes.values()) == 1
 
 
 def test_ask_async_is_typed_per_message(server: WsTestServer) -> None:

@@ -494,3 +494,26 @@ def test_a_gap_resubscribes_only_that_stream_and_a_duplicate_is_dropped() -> Non
         assert current.duplicates == 1
         assert current.reconnects == 0  # without dropping the connection
         assert not any(isinstance(m, WsConnected) and m.generation > 1 for m in told)
+
+
+class UnhashableStreams(SequencedEndpoint):
+    def sequence(self, message: Any) -> tuple[Any, int] | None:
+        if isinstance(message, dict) and "seq" in message:
+            return [message["channel"]], message["seq"]  # a list: no stream key
+        return None
+
+
+def test_a_sequence_hook_with_an_unhashable_key_is_a_hook_error_and_the_frame_delivered() -> None:
+    with WsTestServer(json_reply) as srv:
+        sink: queue.Queue[Any] = queue.Queue()
+        ref = start(srv.url, UnhashableStreams(), inbound=Collector.start(sink))
+        srv.wait_for_open_connections(1)
+        for seq in (1, 2):
+            srv.send_to_all(json.dumps({"channel": "trades", "seq": seq}))
+        first = next_of(sink, WsInbound)
+        second = next_of(sink, WsInbound)
+        assert [first.message["seq"], second.message["seq"]] == [1, 2]
+        current = stats(ref)
+        assert current.hook_errors == 2
+        assert current.internal_errors == 0
+        assert current.gaps == 0
