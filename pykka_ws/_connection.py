@@ -331,6 +331,11 @@ class Connection(ClientConnection):
             pass
         close_socket(self)
 
+    def abort_if_open(self) -> None:
+        """`abort`, unless websockets has closed the socket already (its own close timeout)."""
+        if self.socket.fileno() != -1:
+            self.abort()
+
     def join_threads(self) -> None:
         """Wait for websockets' receiving and keepalive threads to end."""
         for thread in (self.recv_events_thread, self.keepalive_thread):

@@ -340,9 +340,13 @@ class ConnectionLife:
                 # timeout, then writes the close frame: a peer that does not
                 # read, with websockets' receiving thread stuck writing a pong
                 # under that lock (a ping flood), would hold stop() for ever.
-                # The watchdog aborts the socket at close_timeout, from the
-                # scheduler's thread, which ends both waits.
-                watchdog = SCHEDULER.run_later(self._settings.close_timeout, connection.abort)
+                # The watchdog aborts the socket from the scheduler's thread,
+                # which ends both waits. It fires just after close_timeout, so
+                # that websockets' own close timeout (it closes the socket
+                # itself once the peer's close frame is late) goes first.
+                watchdog = SCHEDULER.run_later(
+                    self._settings.close_timeout + _WATCHDOG_MARGIN, connection.abort_if_open
+                )
                 try:
                     connection.close()
                 except Exception:  # noqa: BLE001
@@ -418,6 +422,9 @@ def _gate_done(generation: int, request_id: Any) -> Callable[[Any, BaseException
 
     return build
 
+
+_WATCHDOG_MARGIN = 0.1
+"""Seconds after ``close_timeout`` at which stop() aborts a close that is stuck."""
 
 _RETRY_AFTER_MAX = 3600.0
 """A ``Retry-After`` longer than this (seconds) is taken as this."""
