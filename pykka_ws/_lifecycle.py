@@ -252,7 +252,7 @@ class ConnectionLife:
         lived = time.monotonic() - self._opened_at if self._opened_at is not None else 0.0
         self._opened_at = None
         self._connected_since = None
-        self._last_error = describe(cause)
+        self._last_error = redact(describe(cause), self._settings.connect_kwargs)
         reconnect = self._call_hook("on_disconnect", cause)
         if not isinstance(reconnect, bool):
             self._hook_garbage("on_disconnect", reconnect)
@@ -459,6 +459,21 @@ def _seconds(value: str | None) -> float:
     if when.tzinfo is None:
         return 0.0
     return min(max(0.0, when.timestamp() - time.time()), _RETRY_AFTER_MAX)
+
+
+_SHORTEST_SECRET = 4
+"""Header values shorter than this are not redacted from error texts (too many false hits)."""
+
+
+def redact(text: str | None, connect_kwargs: Mapping[str, Any]) -> str | None:
+    """``text`` with every value of ``additional_headers`` (secrets) replaced."""
+    headers = connect_kwargs.get("additional_headers") or {}
+    if text is None or not headers:
+        return text
+    for value in sorted(headers.values(), key=len, reverse=True):
+        if len(value.strip()) >= _SHORTEST_SECRET:
+            text = text.replace(value.strip(), "<redacted>")
+    return text
 
 
 def describe(cause: BaseException | None) -> str | None:

@@ -7,6 +7,7 @@ bad value fails in the code that passed it, before any thread is started.
 from __future__ import annotations
 
 import logging
+import re
 import ssl as ssl_module
 import threading
 from collections.abc import Iterable, Mapping
@@ -186,17 +187,20 @@ def _connect_kwargs(
     if compression not in {None, "deflate"}:
         msg = f'compression must be "deflate" or None, not {compression!r}'
         raise ValueError(msg)
+    headers = _check_headers(additional_headers)
+    if user_agent_header is not None:
+        _check_header_value(user_agent_header, "user_agent_header")
     connect_kwargs: dict[str, Any] = {
         "ping_interval": check_optional_wait(ping_interval, "ping_interval"),
         "ping_timeout": check_optional_wait(ping_timeout, "ping_timeout"),
         "close_timeout": close_timeout,
         "max_size": None if max_size is None else check_count(max_size, "max_size"),
         "compression": compression,
-        "additional_headers": dict(additional_headers) if additional_headers else None,
+        "additional_headers": headers or None,
         "user_agent_header": user_agent_header,
-        "subprotocols": list(subprotocols) if subprotocols is not None else None,
+        "subprotocols": _check_subprotocols(subprotocols),
         "proxy": None,
-        "logger": RedactingLogger(logging.getLogger("websockets.client"), additional_headers or ()),
+        "logger": RedactingLogger(logging.getLogger("websockets.client"), headers),
     }
     pings = connect_kwargs["ping_interval"], connect_kwargs["ping_timeout"]
     connect_kwargs["ping_interval"] = connect_kwargs["ping_timeout"] = None
@@ -204,6 +208,70 @@ def _connect_kwargs(
     if server_hostname is not None:
         tls_kwargs["server_hostname"] = server_hostname
     return connect_kwargs, tls_kwargs, pings
+
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+"""An HTTP token (RFC 9110): a header name, a subprotocol."""
+
+_HEADER_VALUE = re.compile(r"[\x09\x20-\x7e\x80-\xff]*")
+"""What websockets accepts in a header value: no CR, LF or other control character."""
+
+
+def _check_headers(headers: object) -> dict[str, str]:
+    """``additional_headers`` as a dict of str to str, each name a token, each value clean.
+
+    The message of a bad value never includes it: header values are secrets.
+    """
+    if headers is None:
+        return {}
+    if isinstance(headers, str | bytes) or not isinstance(headers, Mapping | Iterable):
+        msg = f"additional_headers must be a mapping of str to str, not {type(headers).__name__}"
+        raise TypeError(msg)
+    try:
+        pairs = dict(headers)
+    except (TypeError, ValueError) as exc:
+        msg = "additional_headers must be a mapping of str to str (or pairs of them)"
+        raise TypeError(msg) from exc
+    for name, value in pairs.items():
+        if not isinstance(name, str):
+            msg = f"additional_headers names must be str, not {type(name).__name__}"
+            raise TypeError(msg)
+        if not _TOKEN.fullmatch(name):
+            msg = f"additional_headers name {name!r} is not a valid HTTP header name"
+            raise ValueError(msg)
+        _check_header_value(value, f"additional_headers[{name!r}]")
+    return pairs
+
+
+def _check_header_value(value: object, name: str) -> None:
+    if not isinstance(value, str):
+        msg = f"{name} must be a str, not {type(value).__name__}"
+        raise TypeError(msg)
+    if not _HEADER_VALUE.fullmatch(value):
+        msg = (
+            f"{name} holds a character not allowed in a header value "
+            "(CR, LF or another control character; a token read from a file "
+            "with its newline?); the value is not shown"
+        )
+        raise ValueError(msg)
+
+
+def _check_subprotocols(subprotocols: object) -> list[str] | None:
+    """``subprotocols`` as a list of tokens (a lone str is refused, not split)."""
+    if subprotocols is None:
+        return None
+    if isinstance(subprotocols, str | bytes) or not isinstance(subprotocols, Iterable):
+        msg = f"subprotocols must be a sequence of str, not {type(subprotocols).__name__}"
+        raise TypeError(msg)
+    checked = list(subprotocols)
+    for protocol in checked:
+        if not isinstance(protocol, str):
+            msg = f"subprotocols must be str, not {type(protocol).__name__}"
+            raise TypeError(msg)
+        if not _TOKEN.fullmatch(protocol):
+            msg = f"subprotocol {protocol!r} is not a valid token (RFC 6455)"
+            raise ValueError(msg)
+    return checked
 
 
 def check_urls(url: object) -> list[tuple[str, WebSocketURI]]:

@@ -18,6 +18,7 @@ from websockets.frames import CloseCode
 from pykka_ws import (
     NotDelivered,
     Unconfirmed,
+    WebSocketActor,
     WsBackoff,
     WsConfirmMode,
     WsConnected,
@@ -476,6 +477,57 @@ def test_header_values_are_never_logged(
     assert "X-Api-Key: <redacted>" in client_log
     assert "s3cret-token" not in client_log
     assert "k3y-value" not in client_log
+
+
+SECRET = "sk_live_SUPERSECRET"  # noqa: S105 - a made-up token to look for in messages
+
+
+@pytest.mark.parametrize(
+    ("settings", "error", "says"),
+    [
+        ({"additional_headers": {"Authorization": f"Bearer {SECRET}\n"}}, ValueError, "CR, LF"),
+        ({"additional_headers": {"X-Key": f"{SECRET}\r\nX-Evil: 1"}}, ValueError, "CR, LF"),
+        ({"additional_headers": {5: SECRET}}, TypeError, "names must be str"),
+        ({"additional_headers": {"Bad Name": SECRET}}, ValueError, "header name"),
+        ({"additional_headers": {"X-Key": 5}}, TypeError, "must be a str"),
+        ({"additional_headers": "Authorization: x"}, TypeError, "mapping"),
+        ({"user_agent_header": "agent\r\nX-Evil: 1"}, ValueError, "CR, LF"),
+        ({"user_agent_header": 5}, TypeError, "must be a str"),
+        ({"subprotocols": "chat"}, TypeError, "sequence of str"),
+        ({"subprotocols": [5]}, TypeError, "must be str"),
+        ({"subprotocols": ["has space"]}, ValueError, "not a valid token"),
+    ],
+)
+def test_bad_handshake_settings_are_refused_at_start_without_showing_the_value(
+    settings: dict[str, Any], error: type[Exception], says: str
+) -> None:
+    # Before, each was accepted and every connection attempt failed for ever
+    # (or "chat" became the subprotocols c, h, a, t).
+    with pytest.raises(error, match=says) as refused:
+        WebSocketActor.start("ws://127.0.0.1:9", **settings)
+    assert SECRET not in str(refused.value)
+    assert not pykka.ActorRegistry.get_all()  # nothing started
+
+
+def test_valid_handshake_settings_reach_the_server(server: WsTestServer) -> None:
+    ref = start(
+        server.url,
+        additional_headers=[("X-Api-Key", "k3y-value"), ("X-Region", "eu-west\t1")],
+        user_agent_header="desk/1.0 (pykka-ws)",
+        subprotocols=("v1.exchange",),
+    )
+    assert ref.ask(WsDelegatedRequest(1, req_frame(1)), timeout=10).confirmed
+
+
+def test_redact_replaces_the_header_values_in_an_error_text() -> None:
+    from pykka_ws._lifecycle import redact  # noqa: PLC0415
+
+    kwargs = {"additional_headers": {"Authorization": f"Bearer {SECRET}", "X-Id": "7"}}
+    text = f"InvalidHeaderValue: invalid Authorization header: Bearer {SECRET} (id 7)"
+    redacted = redact(text, kwargs)
+    assert redacted == "InvalidHeaderValue: invalid Authorization header: <redacted> (id 7)"
+    assert redact(None, kwargs) is None
+    assert redact(text, {"additional_headers": None}) == text
 
 
 def test_backoff_is_not_reset_by_connections_that_die_young(server: WsTestServer) -> None:
