@@ -165,7 +165,9 @@ class WebSocketActor(InboundPath, Routing, Recovery, Health, ConnectionLife, pyk
         server_hostname: Host name to check the certificate against, when it
             differs from the URL's.
         additional_headers: Extra HTTP headers for the handshake (e.g. an
-            ``Authorization`` token). Their values are never logged.
+            ``Authorization`` token): a mapping, or (name, value) pairs
+            (a name may repeat), as websockets takes them. Their values are
+            never logged, and a bad one is refused without being shown.
         user_agent_header: The ``User-Agent`` header; None to send none.
         compression: ``"deflate"`` or None (websockets' parameter).
         subprotocols: WebSocket subprotocols to offer.
@@ -211,7 +213,7 @@ class WebSocketActor(InboundPath, Routing, Recovery, Health, ConnectionLife, pyk
         subscriber_overflow: str = "block",
         ssl: ssl_module.SSLContext | None = None,
         server_hostname: str | None = None,
-        additional_headers: Mapping[str, str] | None = None,
+        additional_headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
         user_agent_header: str | None = "pykka-ws",
         compression: str | None = "deflate",
         subprotocols: Iterable[str] | None = None,

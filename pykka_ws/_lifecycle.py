@@ -424,7 +424,10 @@ def _gate_done(generation: int, request_id: Any) -> Callable[[Any, BaseException
 
 
 _WATCHDOG_MARGIN = 0.1
-"""Seconds after ``close_timeout`` at which stop() aborts a close that is stuck."""
+"""Seconds after ``close_timeout`` at which stop() aborts a close that is stuck.
+
+websockets starts its own close timer only once it holds the lock and has
+sent the close frame: a polite close still writing then is cut short."""
 
 _RETRY_AFTER_MAX = 3600.0
 """A ``Retry-After`` longer than this (seconds) is taken as this."""
@@ -467,10 +470,10 @@ _SHORTEST_SECRET = 4
 
 def redact(text: str | None, connect_kwargs: Mapping[str, Any]) -> str | None:
     """``text`` with every value of ``additional_headers`` (secrets) replaced."""
-    headers = connect_kwargs.get("additional_headers") or {}
+    headers: list[tuple[str, str]] = connect_kwargs.get("additional_headers") or []
     if text is None or not headers:
         return text
-    for value in sorted(headers.values(), key=len, reverse=True):
+    for value in sorted((value for _, value in headers), key=len, reverse=True):
         if len(value.strip()) >= _SHORTEST_SECRET:
             text = text.replace(value.strip(), "<redacted>")
     return text

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import pykka
+from websockets.datastructures import Headers
 from websockets.exceptions import InvalidURI
 from websockets.uri import WebSocketURI, parse_uri
 
@@ -97,7 +98,7 @@ def check_settings(
     subscriber_overflow: object,
     ssl: object,
     server_hostname: object,
-    additional_headers: Mapping[str, str] | None,
+    additional_headers: object,
     user_agent_header: str | None,
     compression: object,
     subprotocols: Iterable[str] | None,
@@ -166,7 +167,7 @@ def _connect_kwargs(
     close_timeout: float,
     max_size: object,
     compression: object,
-    additional_headers: Mapping[str, str] | None,
+    additional_headers: object,
     user_agent_header: str | None,
     subprotocols: Iterable[str] | None,
     ssl: object,
@@ -200,7 +201,9 @@ def _connect_kwargs(
         "user_agent_header": user_agent_header,
         "subprotocols": _check_subprotocols(subprotocols),
         "proxy": None,
-        "logger": RedactingLogger(logging.getLogger("websockets.client"), headers),
+        "logger": RedactingLogger(
+            logging.getLogger("websockets.client"), [name for name, _ in headers]
+        ),
     }
     pings = connect_kwargs["ping_interval"], connect_kwargs["ping_timeout"]
     connect_kwargs["ping_interval"] = connect_kwargs["ping_timeout"] = None
@@ -217,22 +220,31 @@ _HEADER_VALUE = re.compile(r"[\x09\x20-\x7e\x80-\xff]*")
 """What websockets accepts in a header value: no CR, LF or other control character."""
 
 
-def _check_headers(headers: object) -> dict[str, str]:
-    """``additional_headers`` as a dict of str to str, each name a token, each value clean.
+def _check_headers(headers: object) -> list[tuple[str, str]]:
+    """``additional_headers`` as (name, value) pairs, each name a token, each value clean.
 
-    The message of a bad value never includes it: header values are secrets.
+    A mapping, a `websockets.datastructures.Headers` or an iterable of pairs,
+    as websockets takes them; a name given twice (two ``Cookie`` pairs) is
+    kept twice. The message of a bad value never includes it: header values
+    are secrets.
     """
     if headers is None:
-        return {}
-    if isinstance(headers, str | bytes) or not isinstance(headers, Mapping | Iterable):
+        return []
+    if isinstance(headers, Headers):
+        items: list[object] = list(headers.raw_items())
+    elif isinstance(headers, Mapping):
+        items = list(headers.items())
+    elif isinstance(headers, Iterable) and not isinstance(headers, str | bytes):
+        items = list(headers)
+    else:
         msg = f"additional_headers must be a mapping of str to str, not {type(headers).__name__}"
         raise TypeError(msg)
-    try:
-        pairs = dict(headers)
-    except (TypeError, ValueError) as exc:
-        msg = "additional_headers must be a mapping of str to str (or pairs of them)"
-        raise TypeError(msg) from exc
-    for name, value in pairs.items():
+    pairs = []
+    for item in items:
+        if not isinstance(item, tuple | list) or len(item) != 2:  # noqa: PLR2004 - a pair
+            msg = "additional_headers must be a mapping of str to str, or (name, value) pairs"
+            raise TypeError(msg)
+        name, value = item
         if not isinstance(name, str):
             msg = f"additional_headers names must be str, not {type(name).__name__}"
             raise TypeError(msg)
@@ -240,6 +252,7 @@ def _check_headers(headers: object) -> dict[str, str]:
             msg = f"additional_headers name {name!r} is not a valid HTTP header name"
             raise ValueError(msg)
         _check_header_value(value, f"additional_headers[{name!r}]")
+        pairs.append((name, value))
     return pairs
 
 

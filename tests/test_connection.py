@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import queue
 import ssl
+import threading
 import time
 from functools import partial
 from typing import Any
@@ -12,8 +13,10 @@ from typing import Any
 import pykka
 import pytest
 import trustme
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosedError
 from websockets.frames import CloseCode
+from websockets.sync.server import serve
 
 from pykka_ws import (
     NotDelivered,
@@ -519,10 +522,34 @@ def test_valid_handshake_settings_reach_the_server(server: WsTestServer) -> None
     assert ref.ask(WsDelegatedRequest(1, req_frame(1)), timeout=10).confirmed
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("Cookie", "a=1"), ("Cookie", "b=2")],
+        Headers([("Cookie", "a=1"), ("Cookie", "b=2")]),
+    ],
+    ids=["pairs", "Headers"],
+)
+def test_a_header_name_given_twice_is_sent_twice(headers: Any) -> None:
+    seen: list[list[str]] = []
+
+    def process_request(_connection: Any, request: Any) -> None:
+        seen.append(request.headers.get_all("Cookie"))
+
+    with serve(lambda ws: ws.recv(), "127.0.0.1", 0, process_request=process_request) as srv:
+        port = srv.socket.getsockname()[1]
+        threading.Thread(target=srv.serve_forever, name="test-ws-server", daemon=True).start()
+        ref = start(f"ws://127.0.0.1:{port}", additional_headers=headers)
+        wait_state(ref, "open")
+        ref.stop()
+        srv.shutdown()
+    assert seen == [["a=1", "b=2"]]
+
+
 def test_redact_replaces_the_header_values_in_an_error_text() -> None:
     from pykka_ws._lifecycle import redact  # noqa: PLC0415
 
-    kwargs = {"additional_headers": {"Authorization": f"Bearer {SECRET}", "X-Id": "7"}}
+    kwargs = {"additional_headers": [("Authorization", f"Bearer {SECRET}"), ("X-Id", "7")]}
     text = f"InvalidHeaderValue: invalid Authorization header: Bearer {SECRET} (id 7)"
     redacted = redact(text, kwargs)
     assert redacted == "InvalidHeaderValue: invalid Authorization header: <redacted> (id 7)"
