@@ -48,6 +48,10 @@ class WsWriter(pykka.ThreadingActor):
         if isinstance(inbox, Inbox):
             inbox.close(refuse_all)
 
+    def on_failure(self, *_exc_info: object) -> None:
+        """As `on_stop`: a writer that failed is stopped by pykka without it."""
+        self.on_stop()
+
     def on_receive(self, message: Any) -> Any:
         """Write a `Batch` (return a `_wire.WriteResult`) or send a keepalive `_wire.Ping`."""
         if isinstance(message, Batch):

@@ -18,10 +18,13 @@ from pykka._envelope import Envelope
 from pykka.messages import _ActorStop
 
 from pykka_ws import NotDelivered, WebSocketActor, WsDelegatedRequest, WsGetStats, WsOutcome, WsSend
+from pykka_ws._claims import ClaimLock
 from pykka_ws._futures import CallbackFuture
 from pykka_ws._inbox import Inbox, refuse_all
+from pykka_ws._wire import Ping
+from pykka_ws._writer import WsWriter
 from pykka_ws.testing import WsTestServer
-from tests.support import inspectable, next_of, req_frame, start
+from tests.support import inspectable, next_of, req_frame, start, wait_until
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -89,6 +92,20 @@ def test_the_writer_answers_what_is_put_after_its_stop(server: WsTestServer) -> 
     assert writer is not None
     inbox = writer.actor_inbox
     ref.stop()
+    assert isinstance(inbox, Inbox)
+    assert inbox.closed
+    asked: pykka.Future[Any] = CallbackFuture()
+    inbox.put(Envelope("a batch", reply_to=asked))
+    with pytest.raises(pykka.ActorDeadError):
+        asked.get(timeout=5)
+
+
+def test_a_writer_that_failed_answers_what_is_put_after(caplog: pytest.LogCaptureFixture) -> None:
+    writer = WsWriter.start(ClaimLock())
+    inbox = writer.actor_inbox
+    writer.tell(Ping(None))  # type: ignore[arg-type]  # a bug: pykka stops it via on_failure
+    wait_until(lambda: not writer.is_alive(), 5, "the writer stopped")
+    assert "Unhandled exception" in caplog.text
     assert isinstance(inbox, Inbox)
     assert inbox.closed
     asked: pykka.Future[Any] = CallbackFuture()
