@@ -214,6 +214,10 @@ def _report(ref: pykka.ActorRef[Any]) -> tuple[list[Any], int, list[object]]:
 
 
 def _flood(server: WsTestServer, count: int) -> threading.Thread:
+    # The client can see its connection open before the server has counted
+    # it: a frame pushed before that goes to no one (a flake under load).
+    server.wait_for_open_connections(1)
+
     def push() -> None:
         for i in range(count):
             server.send_to_all(json.dumps({"seq": i, "pad": "y" * 200}))
