@@ -88,6 +88,7 @@ def test_reply_to_a_request_still_queued_confirms_nothing_and_the_request_is_wri
     wait_until(lambda: writes, 10, "the writer to be handed the first batch")
     # Replies (a spoof, or a stale reply to an earlier use of the ids) for
     # frames that have not left: they must not confirm anything.
+    server.wait_for_open_connections(1)  # the client may see it open first
     for i in range(100):
         server.send_to_all(json.dumps({"id": i, "result": "spoofed"}))
     wait_until(lambda: stats(ref).stray_replies == 100, 10, "the spoofed replies to be handled")

@@ -391,6 +391,7 @@ def test_stop_while_the_receiving_thread_holds_unread_data_logs_no_error(
     assert connection is not None
     gate = ReadThenWait(connection)
     connection.socket = gate  # type: ignore[assignment]
+    server.wait_for_open_connections(1)  # the client may see it open first
     server.send_to_all('{"note": "a frame the client has read but not handled"}')
     assert gate.read.wait(5.0)
 
