@@ -245,12 +245,7 @@ def _check_headers(headers: object) -> list[tuple[str, str]]:
             msg = "additional_headers must be a mapping of str to str, or (name, value) pairs"
             raise TypeError(msg)
         name, value = item
-        if not isinstance(name, str):
-            msg = f"additional_headers names must be str, not {type(name).__name__}"
-            raise TypeError(msg)
-        if not _TOKEN.fullmatch(name):
-            msg = f"additional_headers name {name!r} is not a valid HTTP header name"
-            raise ValueError(msg)
+        _check_token(name, "additional_headers names", "a valid HTTP header name")
         _check_header_value(value, f"additional_headers[{name!r}]")
         pairs.append((name, value))
     return pairs
@@ -278,13 +273,18 @@ def _check_subprotocols(subprotocols: object) -> list[str] | None:
         raise TypeError(msg)
     checked = list(subprotocols)
     for protocol in checked:
-        if not isinstance(protocol, str):
-            msg = f"subprotocols must be str, not {type(protocol).__name__}"
-            raise TypeError(msg)
-        if not _TOKEN.fullmatch(protocol):
-            msg = f"subprotocol {protocol!r} is not a valid token (RFC 6455)"
-            raise ValueError(msg)
+        _check_token(protocol, "subprotocols", "a valid token (RFC 6455)")
     return checked
+
+
+def _check_token(value: object, what: str, valid: str) -> None:
+    """A str that is an HTTP token, else `TypeError` or `ValueError` naming ``what``."""
+    if not isinstance(value, str):
+        msg = f"{what} must be str, not {type(value).__name__}"
+        raise TypeError(msg)
+    if not _TOKEN.fullmatch(value):
+        msg = f"{what}: {value!r} is not {valid}"
+        raise ValueError(msg)
 
 
 def check_urls(url: object) -> list[tuple[str, WebSocketURI]]:

@@ -92,12 +92,7 @@ def test_the_writer_answers_what_is_put_after_its_stop(server: WsTestServer) -> 
     assert writer is not None
     inbox = writer.actor_inbox
     ref.stop()
-    assert isinstance(inbox, Inbox)
-    assert inbox.closed
-    asked: pykka.Future[Any] = CallbackFuture()
-    inbox.put(Envelope("a batch", reply_to=asked))
-    with pytest.raises(pykka.ActorDeadError):
-        asked.get(timeout=5)
+    assert_answers_a_late_ask(inbox)
 
 
 def test_a_writer_that_failed_answers_what_is_put_after(caplog: pytest.LogCaptureFixture) -> None:
@@ -106,6 +101,11 @@ def test_a_writer_that_failed_answers_what_is_put_after(caplog: pytest.LogCaptur
     writer.tell(Ping(None))  # type: ignore[arg-type]  # a bug: pykka stops it via on_failure
     wait_until(lambda: not writer.is_alive(), 5, "the writer stopped")
     assert "Unhandled exception" in caplog.text
+    assert_answers_a_late_ask(inbox)
+
+
+def assert_answers_a_late_ask(inbox: object) -> None:
+    """``inbox`` is a closed `Inbox` whose late ask is answered `pykka.ActorDeadError`."""
     assert isinstance(inbox, Inbox)
     assert inbox.closed
     asked: pykka.Future[Any] = CallbackFuture()
