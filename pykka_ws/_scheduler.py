@@ -100,12 +100,7 @@ class Scheduler:
 
     def call_at(self, when: float, ref: ActorRef[Any], message: object) -> TimerHandle:
         """Tell ``message`` to ``ref`` at monotonic time ``when``."""
-        handle = TimerHandle(when, ref, message)
-        with self._cond:
-            heapq.heappush(self._heap, (when, next(self._seq), handle))
-            if self._heap[0][2] is handle:
-                self._cond.notify()
-        return handle
+        return self._push(TimerHandle(when, ref, message))
 
     def call_later(self, delay: float, ref: ActorRef[Any], message: object) -> TimerHandle:
         """Tell ``message`` to ``ref`` after ``delay`` seconds."""
@@ -118,7 +113,9 @@ class Scheduler:
         watchdog that aborts a socket while its owner is blocked on it. It
         runs on the one thread every actor's timers share.
         """
-        handle = TimerHandle(self._clock() + delay, None, fn)
+        return self._push(TimerHandle(self._clock() + delay, None, fn))
+
+    def _push(self, handle: TimerHandle) -> TimerHandle:
         with self._cond:
             heapq.heappush(self._heap, (handle.when, next(self._seq), handle))
             if self._heap[0][2] is handle:
